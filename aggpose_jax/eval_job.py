@@ -1,0 +1,95 @@
+"""Evaluation inside a training job (or of a given checkpoint): model -> val loader -> COCO OKS AP.
+
+Inference runs on each process's own devices (a local mesh) with a process-local copy of the
+parameters, so processes never wait on each other per batch; ``aggpose_jax.evaluation.evaluate``
+merges the per-process results on process 0.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from aggpose_jax import sharding as shd
+from aggpose_jax.initialization import merge
+
+
+def local_params(params: Any, mesh: jax.sharding.Mesh | None = None) -> tuple[Any, jax.sharding.Mesh]:
+    """(params replicated on this process's devices, the local mesh). ``params`` may be host arrays,
+    or global arrays replicated or FSDP-sharded over ``mesh`` (then every process must call this)."""
+    local_mesh = shd.make_mesh(jax.local_devices())
+    rep = NamedSharding(local_mesh, P())
+
+    def one(a: Any) -> jax.Array:
+        if isinstance(a, jax.Array) and not a.is_fully_replicated:
+            a = jax.jit(lambda x: x, out_shardings=shd.replicated(mesh))(a)
+        if isinstance(a, jax.Array):
+            a = a.addressable_data(0)
+        return jax.device_put(a, rep)
+
+    return jax.tree.map(one, params), local_mesh
+
+
+def make_predict_fn(graphdef: nnx.GraphDef, other: nnx.State, params: Any,
+                    mesh: jax.sharding.Mesh | None = None) -> Callable[[np.ndarray], jax.Array]:
+    """``predict(images (B, H, W, 3) float32) -> heatmaps (B, h, w, J)``; B is padded internally to a
+    multiple of the local device count."""
+    params, local_mesh = local_params(params, mesh)
+    n_dev = local_mesh.devices.size
+    batch_sharding = NamedSharding(local_mesh, P(shd.DATA_AXIS))
+
+    @functools.partial(jax.jit, out_shardings=NamedSharding(local_mesh, P()))
+    def forward(p: Any, images: jax.Array) -> jax.Array:
+        return merge(graphdef, p, other)(images, deterministic=True)
+
+    def predict(images: np.ndarray) -> jax.Array:
+        n = images.shape[0]
+        pad = (-n) % n_dev
+        if pad:
+            images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+        out = forward(params, jax.device_put(jnp.asarray(images, jnp.float32), batch_sharding))
+        return out[:n] if pad else out
+
+    return predict
+
+
+def _ann_file(config: Any) -> str:
+    if config.eval.ann_file:
+        return os.fspath(config.eval.ann_file)
+    return os.path.join(config.data.root, 'annotations', 'person_keypoints_val2017.json')
+
+
+def val_loader(config: Any) -> Any:
+    from aggpose_jax.data.pipeline import make_loader, make_source
+    source = make_source(config.data, 'val')
+    per_process = max(1, int(config.eval.batch_size) // jax.process_count())
+    return make_loader(source, keypoint_set=config.data.keypoints, data_config=config.data, train=False,
+                       batch_size=per_process, shard_index=jax.process_index(), shard_count=jax.process_count(),
+                       worker_count=int(config.data.num_workers), prefetch=int(config.data.prefetch))
+
+
+def run_evaluation(config: Any, predict_fn: Callable[[np.ndarray], Any], out_dir: str) -> dict[str, float]:
+    """COCO OKS metrics of ``predict_fn`` on the configured val split; writes ``out_dir``/{stats.json,
+    keypoints_results.json, predictions.png}."""
+    from aggpose_jax.evaluation import evaluate
+    from aggpose_jax.keypoints import get_keypoint_set
+
+    nms = float(config.eval.oks_nms_thre)
+    return evaluate(
+        predict_fn, val_loader(config), keypoint_set=get_keypoint_set(config.data.keypoints),
+        ann_file=_ann_file(config), out_dir=out_dir, flip_test=bool(config.eval.flip_test),
+        decode=config.eval.decode, image_size=tuple(config.data.image_size),
+        heatmap_size=tuple(config.data.heatmap_size), oks_nms_thre=nms if nms >= 0 else None,
+        in_vis_thre=float(config.eval.in_vis_thre), shift_heatmap=bool(config.eval.shift_heatmap),
+        convention=config.data.affine_convention, draw_images=int(config.eval.draw_images),
+        image_dir=config.eval.image_dir or None)
+
+
+__all__ = ['local_params', 'make_predict_fn', 'val_loader', 'run_evaluation']

@@ -1,0 +1,242 @@
+"""End-to-end top-down evaluation: model heatmaps -> image keypoints -> COCO OKS AP.
+
+Per batch (as the released ``validate`` + ``get_final_preds``): heatmaps of the crops, with
+the flip test the mean with the flipped-back heatmaps of the mirrored crops; decoding
+(argmax + DARK by default) in heatmap pixels; the inverse crop affine at heatmap resolution to
+image pixels. Then rescoring, OKS-NMS, the results JSON and pycocotools.
+
+The next batch's ``predict_fn`` calls are dispatched before the previous batch is decoded, so
+with an asynchronous (JAX) ``predict_fn`` the host-side decoding overlaps the device work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import logging
+import os
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from aggpose_jax import geometry
+from aggpose_jax.codec import decode_heatmaps
+from aggpose_jax.evaluation import coco_eval, postprocess
+from aggpose_jax.evaluation.flip import flip_average, flip_images
+
+__all__ = ["PersonPredictions", "predict_people", "decode_to_image", "evaluate"]
+
+log = logging.getLogger(__name__)
+
+PredictFn = Callable[[np.ndarray], Any]
+
+
+@dataclasses.dataclass
+class PersonPredictions:
+    """Per-person predictions, N people (padding rows removed)."""
+
+    image_ids: np.ndarray  # int64 (N,)
+    keypoints: np.ndarray  # float32 (N, J, 2), image pixels
+    maxvals: np.ndarray  # float32 (N, J)
+    box_scores: np.ndarray  # float32 (N,)
+    centers: np.ndarray  # float32 (N, 2)
+    scales: np.ndarray  # float32 (N, 2)
+
+    def __len__(self) -> int:
+        return int(self.image_ids.shape[0])
+
+
+def decode_to_image(
+    heatmaps: np.ndarray,
+    centers: np.ndarray,
+    scales: np.ndarray,
+    *,
+    decode: str = "dark",
+    convention: geometry.Convention = "aggpose",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Heatmaps (N, h, w, J) of crops -> (keypoints float32 (N, J, 2) in image px, maxvals (N, J))."""
+    coords, maxvals = decode_heatmaps(heatmaps, method=decode)
+    h, w = heatmaps.shape[1:3]
+    pts = geometry.transform_preds(coords, centers, scales, (w, h), convention=convention)
+    return pts.astype(np.float32), maxvals
+
+
+def _batch_field(batch: dict[str, Any], key: str) -> np.ndarray:
+    if key not in batch:
+        raise KeyError(f"evaluate: eval batch has no field '{key}' (got {sorted(batch)})")
+    return np.asarray(batch[key])
+
+
+def predict_people(
+    predict_fn: PredictFn,
+    loader: Iterable[dict[str, Any]],
+    *,
+    flip_index: np.ndarray | None = None,
+    decode: str = "dark",
+    image_size: Sequence[int] | None = None,
+    heatmap_size: Sequence[int] | None = None,
+    shift_heatmap: bool = False,
+    convention: geometry.Convention = "aggpose",
+) -> PersonPredictions:
+    """Run ``predict_fn`` over every eval batch and decode people to image coordinates.
+
+    ``flip_index`` given = flip test. Rows with ``valid == False`` (padding) are dropped.
+    ``image_size``/``heatmap_size`` (H, W)/(h, w), when given, are checked against the data.
+    """
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in
+                                         ("image_ids", "keypoints", "maxvals", "box_scores", "centers", "scales")}
+
+    def finish(meta: dict[str, np.ndarray], out: Any, out_flipped: Any) -> None:
+        hm = np.asarray(out, dtype=np.float32)
+        if hm.ndim != 4:
+            raise ValueError(f"evaluate: predict_fn must return (B, h, w, J) heatmaps, got {hm.shape}")
+        if heatmap_size is not None and tuple(hm.shape[1:3]) != tuple(heatmap_size):
+            raise ValueError(f"evaluate: heatmaps are {hm.shape[1:3]}, expected heatmap_size {tuple(heatmap_size)}")
+        if out_flipped is not None:
+            hm = flip_average(hm, np.asarray(out_flipped, dtype=np.float32), flip_index, shift=shift_heatmap)
+        keep = meta["valid"]
+        if not keep.any():
+            return
+        hm = hm[keep]
+        pts, maxvals = decode_to_image(hm, meta["center"][keep], meta["scale"][keep],
+                                       decode=decode, convention=convention)
+        parts["image_ids"].append(meta["image_id"][keep].astype(np.int64))
+        parts["keypoints"].append(pts)
+        parts["maxvals"].append(maxvals)
+        parts["box_scores"].append(meta["score"][keep].astype(np.float32))
+        parts["centers"].append(meta["center"][keep].astype(np.float32))
+        parts["scales"].append(meta["scale"][keep].astype(np.float32))
+
+    pending: tuple[dict[str, np.ndarray], Any, Any] | None = None
+    for batch in loader:
+        images = _batch_field(batch, "image").astype(np.float32, copy=False)
+        if image_size is not None and tuple(images.shape[1:3]) != tuple(image_size):
+            raise ValueError(f"evaluate: images are {images.shape[1:3]}, expected image_size {tuple(image_size)}")
+        n = images.shape[0]
+        meta = {k: _batch_field(batch, k) for k in ("image_id", "center", "scale", "score")}
+        meta["valid"] = np.asarray(batch["valid"], bool) if "valid" in batch else np.ones(n, bool)
+        out = predict_fn(images)
+        out_flipped = predict_fn(flip_images(images)) if flip_index is not None else None
+        if pending is not None:
+            finish(*pending)
+        pending = (meta, out, out_flipped)
+    if pending is not None:
+        finish(*pending)
+
+    if not parts["image_ids"]:
+        return PersonPredictions(np.zeros((0,), np.int64), np.zeros((0, 0, 2), np.float32),
+                                 np.zeros((0, 0), np.float32), np.zeros((0,), np.float32),
+                                 np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32))
+    return PersonPredictions(**{k: np.concatenate(v) for k, v in parts.items()})
+
+
+def _default_image_dir(ann_file: str) -> str:
+    """ROOT/annotations/person_keypoints_val2017.json -> ROOT/val2017."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(ann_file)))
+    split = os.path.splitext(os.path.basename(ann_file))[0].split("_")[-1]
+    return os.path.join(root, split)
+
+
+def _gather_results(results: list[dict[str, Any]], out_dir: str) -> list[dict[str, Any]] | None:
+    """Multi-process: merge every process's results on process 0 via ``out_dir`` (a shared
+    filesystem). Returns the merged list on process 0, None elsewhere; unchanged with one process."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    if jax.process_count() == 1:
+        return results
+    coco_eval.write_results(results, os.path.join(out_dir, f"results_part{jax.process_index():05d}.json"))
+    multihost_utils.sync_global_devices("aggpose_eval_results_written")
+    if jax.process_index() != 0:
+        return None
+    merged: list[dict[str, Any]] = []
+    for path in sorted(glob.glob(os.path.join(out_dir, "results_part*.json"))):
+        with open(path, encoding="utf-8") as f:
+            merged.extend(json.load(f))
+    return merged
+
+
+def evaluate(
+    predict_fn: PredictFn,
+    loader: Iterable[dict[str, Any]],
+    *,
+    keypoint_set: Any,
+    ann_file: str,
+    out_dir: str,
+    flip_test: bool = True,
+    decode: str = "dark",
+    image_size: Sequence[int] | None = None,
+    heatmap_size: Sequence[int] | None = None,
+    oks_nms_thre: float | None = 0.9,
+    in_vis_thre: float = 0.2,
+    shift_heatmap: bool = False,
+    convention: geometry.Convention = "aggpose",
+    name: str = "aggpose",
+    draw_images: int = 4,
+    image_dir: str | None = None,
+) -> dict[str, float]:
+    """Evaluate a heatmap model on a top-down eval loader; returns the COCO OKS AP/AR stats.
+
+    Args:
+      predict_fn: float32 NHWC crops (B, H, W, 3) -> heatmaps (B, h, w, J) (numpy or jax).
+        With ``flip_test`` it is called twice per batch (crops, then mirrored crops; same
+        shape, so a jitted function compiles once).
+      loader: iterable of eval batches ({'image', 'image_id', 'center', 'scale', 'score'},
+        optional 'valid').
+      keypoint_set: provides ``sigmas``, ``flip_index`` and ``skeleton``.
+      ann_file: COCO keypoint annotations (ground truth).
+      out_dir: receives ``keypoints_results.json``, ``stats.json`` and ``predictions.png``.
+      oks_nms_thre: OKS-NMS threshold (None: no NMS, as the released infant evaluation).
+      draw_images: how many val images to draw predictions on (0: none); images are read
+        from ``image_dir`` (default ROOT/<split> beside ROOT/annotations).
+    Returns:
+      {'AP', 'AP50', 'AP75', 'APM', 'APL', 'AR', 'AR50', 'AR75', 'ARM', 'ARL'}, plus
+      'num_people' and 'eval_seconds'.
+    """
+    t0 = time.perf_counter()
+    os.makedirs(out_dir, exist_ok=True)
+    sigmas = np.asarray(keypoint_set.sigmas, dtype=np.float64)
+    preds = predict_people(
+        predict_fn, loader,
+        flip_index=np.asarray(keypoint_set.flip_index) if flip_test else None,
+        decode=decode, image_size=image_size, heatmap_size=heatmap_size,
+        shift_heatmap=shift_heatmap, convention=convention)
+    if len(preds) and preds.keypoints.shape[1] != sigmas.shape[0]:
+        raise ValueError(f"evaluate: model predicts {preds.keypoints.shape[1]} joints but keypoint set "
+                         f"'{getattr(keypoint_set, 'name', '?')}' has {sigmas.shape[0]}")
+    results = postprocess.build_results(
+        preds.image_ids, preds.keypoints, preds.maxvals, preds.box_scores, preds.scales, sigmas,
+        oks_nms_thre=oks_nms_thre, in_vis_thre=in_vis_thre)
+    merged = _gather_results(results, out_dir)
+    stats_path = os.path.join(out_dir, "stats.json")
+    if merged is None:  # not process 0: wait for its stats
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("aggpose_eval_stats_written")
+        with open(stats_path, encoding="utf-8") as f:
+            return json.load(f)
+
+    coco_eval.write_results(merged, os.path.join(out_dir, "keypoints_results.json"))
+    coco_gt = coco_eval.load_coco_gt(ann_file)
+    stats, summary = coco_eval.coco_keypoint_eval(merged, coco_gt, sigmas)
+    log.debug("pycocotools summary:\n%s", summary)
+    stats = dict(stats)
+    stats["num_people"] = float(len(merged))
+    stats["eval_seconds"] = time.perf_counter() - t0
+    print(coco_eval.format_table(stats, name), flush=True)
+    coco_eval.save_stats(stats, stats_path)
+    if draw_images > 0 and merged:
+        try:
+            from aggpose_jax.evaluation.draw import draw_predictions, image_paths_for
+            paths = image_paths_for(coco_gt, image_dir or _default_image_dir(ann_file),
+                                    [r["image_id"] for r in merged], limit=draw_images)
+            draw_predictions(paths, merged, keypoint_set, os.path.join(out_dir, "predictions.png"),
+                             max_images=draw_images, kpt_thre=in_vis_thre)
+        except (OSError, ValueError) as e:  # drawing is a convenience; never lose the stats
+            log.warning("evaluate: could not draw predictions: %s", e)
+    import jax
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("aggpose_eval_stats_written")
+    return stats

@@ -1,0 +1,200 @@
+"""Building blocks of AggPose (Mix-Transformer layers), Flax NNX, NHWC feature maps.
+
+Every layer keeps its parameters in float32 and computes in ``dtype`` (float32 or bfloat16).
+Sub-module attribute names follow the PyTorch release (``proj``/``norm``, ``fc1``/``dwconv``/``fc2``,
+``q``/``kv``/``proj``/``sr``, ``norm1``/``attn``/``norm2``/``mlp``) so that checkpoint names map
+one to one (see ``aggpose_jax.convert.mapping``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+PATCH_NORM_EPS = 1e-5  # LayerNorm inside patch embeddings and after the reduction conv (torch default)
+BLOCK_NORM_EPS = 1e-6  # LayerNorm inside blocks and the per-stream norms
+
+# The release's trunc_normal_(std=.02) cuts at +-2 in absolute units (100 std): in effect N(0, 0.02).
+_linear_init = nnx.initializers.normal(stddev=0.02)
+_zeros = nnx.initializers.zeros_init()
+
+
+def dense(in_features: int, out_features: int, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.Linear:
+    """Linear layer with the release's initialisation (N(0, 0.02), zero bias)."""
+    return nnx.Linear(in_features, out_features, dtype=dtype, param_dtype=jnp.float32,
+                      kernel_init=_linear_init, bias_init=_zeros, rngs=rngs)
+
+
+def conv(in_features: int, out_features: int, kernel: int, stride: int, padding: int, dtype: jnp.dtype,
+         rngs: nnx.Rngs, groups: int = 1) -> nnx.Conv:
+    """Conv2d (NHWC) with the release's initialisation: N(0, sqrt(2 / fan_out)), fan_out = k*k*out/groups."""
+    fan_out = kernel * kernel * out_features // groups
+    return nnx.Conv(in_features, out_features, kernel_size=(kernel, kernel), strides=(stride, stride),
+                    padding=((padding, padding), (padding, padding)), feature_group_count=groups,
+                    dtype=dtype, param_dtype=jnp.float32,
+                    kernel_init=nnx.initializers.normal(stddev=math.sqrt(2.0 / fan_out)),
+                    bias_init=_zeros, rngs=rngs)
+
+
+def layer_norm(features: int, eps: float, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """LayerNorm over channels; statistics computed in float32 with the two-pass variance (as torch)."""
+    return nnx.LayerNorm(features, epsilon=eps, dtype=dtype, param_dtype=jnp.float32,
+                         use_fast_variance=False, rngs=rngs)
+
+
+def upsample_nearest(x: jax.Array, factor: int) -> jax.Array:
+    """Nearest-neighbour up-sampling of an NHWC map by an integer factor (torch ``nn.Upsample``)."""
+    if factor == 1:
+        return x
+    return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
+
+
+def drop_path(x: jax.Array, rate: jax.Array | float, key: jax.Array | None) -> jax.Array:
+    """Stochastic depth: drop the whole residual branch per sample with probability ``rate``.
+
+    ``key=None`` means deterministic (identity). ``rate`` may be a traced scalar (scanned stacks).
+    """
+    if key is None:
+        return x
+    keep = 1.0 - jnp.asarray(rate, jnp.float32)
+    mask = jax.random.bernoulli(key, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / keep.astype(x.dtype), jnp.zeros_like(x))
+
+
+class OverlapPatchEmbed(nnx.Module):
+    """Overlapped patch embedding: conv (k x k, stride s, pad k//2) then LayerNorm (eps 1e-5)."""
+
+    def __init__(self, in_features: int, out_features: int, patch_size: int, stride: int, *,
+                 dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+        self.proj = conv(in_features, out_features, patch_size, stride, patch_size // 2, dtype, rngs)
+        self.norm = layer_norm(out_features, PATCH_NORM_EPS, dtype, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.norm(self.proj(x))
+
+
+class DWConv(nnx.Module):
+    """3x3 depthwise conv with bias, pad 1 (attribute ``dwconv`` as in the release)."""
+
+    def __init__(self, features: int, *, dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+        self.dwconv = conv(features, features, 3, 1, 1, dtype, rngs, groups=features)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.dwconv(x)
+
+
+class MixFFN(nnx.Module):
+    """Linear(in -> hidden) -> depthwise 3x3 conv -> exact GELU -> Linear(hidden -> out), on an NHWC map."""
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: int, *,
+                 dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+        self.fc1 = dense(in_features, hidden_features, dtype, rngs)
+        self.dwconv = DWConv(hidden_features, dtype=dtype, rngs=rngs)
+        self.fc2 = dense(hidden_features, out_features, dtype, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = self.dwconv(self.fc1(x))
+        return self.fc2(jax.nn.gelu(x, approximate=False))
+
+
+class MlpUpsample(nnx.Module):
+    """MixFFN to ``out_features`` (hidden = out) followed by nearest up-sampling by ``factor``."""
+
+    def __init__(self, in_features: int, out_features: int, factor: int, *,
+                 dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+        self.factor = factor
+        self.mlp = MixFFN(in_features, out_features, out_features, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return upsample_nearest(self.mlp(x), self.factor)
+
+
+class Attention(nnx.Module):
+    """Multi-head self-attention with spatial sequence reduction (keys/values from an R x R strided conv)."""
+
+    def __init__(self, dim: int, num_heads: int, sr_ratio: int, *, dtype: jnp.dtype = jnp.float32,
+                 rngs: nnx.Rngs):
+        if dim % num_heads:
+            raise ValueError(f'Attention: dim {dim} is not divisible by num_heads {num_heads}')
+        self.num_heads = num_heads
+        self.sr_ratio = sr_ratio
+        self.q = dense(dim, dim, dtype, rngs)
+        self.kv = dense(dim, 2 * dim, dtype, rngs)
+        self.proj = dense(dim, dim, dtype, rngs)
+        if sr_ratio > 1:
+            self.sr = conv(dim, dim, sr_ratio, sr_ratio, 0, dtype, rngs)
+            self.norm = layer_norm(dim, PATCH_NORM_EPS, dtype, rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, h, w, c = x.shape
+        head_dim = c // self.num_heads
+        q = self.q(x).reshape(b, h * w, self.num_heads, head_dim)
+        src = self.norm(self.sr(x)) if self.sr_ratio > 1 else x
+        kv = self.kv(src).reshape(b, -1, 2, self.num_heads, head_dim)  # k first, then v
+        out = jax.nn.dot_product_attention(q, kv[:, :, 0], kv[:, :, 1], scale=head_dim ** -0.5)
+        return self.proj(out.reshape(b, h, w, c))
+
+
+class Block(nnx.Module):
+    """Pre-norm Mix-Transformer block: x + Attn(LN(x)); x + MixFFN(LN(x)); with drop-path."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, sr_ratio: int, *,
+                 dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
+        self.norm1 = layer_norm(dim, BLOCK_NORM_EPS, dtype, rngs)
+        self.attn = Attention(dim, num_heads, sr_ratio, dtype=dtype, rngs=rngs)
+        self.norm2 = layer_norm(dim, BLOCK_NORM_EPS, dtype, rngs)
+        self.mlp = MixFFN(dim, int(dim * mlp_ratio), dim, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, drop_rate: jax.Array | float = 0.0,
+                 key: jax.Array | None = None) -> jax.Array:
+        k1, k2 = (None, None) if key is None else tuple(jax.random.split(key))
+        x = x + drop_path(self.attn(self.norm1(x)), drop_rate, k1)
+        return x + drop_path(self.mlp(self.norm2(x)), drop_rate, k2)
+
+
+class BlockStack(nnx.Module):
+    """``num_blocks`` identical blocks run with ``jax.lax.scan``: one compiled body whatever the depth.
+
+    Parameters live in ``self.layers`` (one ``Block`` whose every parameter has a leading axis of size
+    ``num_blocks``); ``drop_rates[i]`` is block i's drop-path probability.
+    """
+
+    def __init__(self, num_blocks: int, dim: int, num_heads: int, mlp_ratio: float, sr_ratio: int,
+                 drop_rates: Sequence[float], *, dtype: jnp.dtype = jnp.float32, remat: bool = False,
+                 unroll: bool = False, rngs: nnx.Rngs):
+        if num_blocks < 1 or len(drop_rates) != num_blocks:
+            raise ValueError(f'BlockStack: need num_blocks >= 1 and one drop rate per block, '
+                             f'got {num_blocks} blocks and {len(drop_rates)} rates')
+        self.num_blocks = num_blocks
+        self.drop_rates = tuple(float(r) for r in drop_rates)
+        self.remat = remat
+        self.unroll = unroll
+
+        @nnx.split_rngs(splits=num_blocks)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make(layer_rngs: nnx.Rngs) -> Block:
+            return Block(dim, num_heads, mlp_ratio, sr_ratio, dtype=dtype, rngs=layer_rngs)
+
+        self.layers = make(rngs)
+
+    def __call__(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
+        graphdef, params = nnx.split(self.layers)
+        rates = jnp.asarray(self.drop_rates, jnp.float32)
+        keys = None if key is None else jax.random.split(key, self.num_blocks)
+
+        def body(carry: jax.Array, xs: tuple) -> tuple[jax.Array, None]:
+            layer_params, rate, layer_key = xs
+            return nnx.merge(graphdef, layer_params)(carry, rate, layer_key), None
+
+        if self.remat:
+            body = jax.checkpoint(body)
+        if self.unroll:  # Python loop, static slices (XLA:CPU differentiates even an unrolled scan ~10x slower)
+            for i in range(self.num_blocks):
+                x, _ = body(x, jax.tree.map(lambda a: a[i], (params, rates, keys)))
+            return x
+        x, _ = jax.lax.scan(body, x, (params, rates, keys))
+        return x

@@ -1,0 +1,254 @@
+"""Training loop: joints-MSE loss, a jitted data-parallel step over a device mesh, checkpoints, evaluation.
+
+The step is a pure function of ``(state, batch)`` compiled once with ``jax.jit`` over the 'data'
+mesh (batch sharded, state replicated or FSDP-sharded, state buffers donated); the NNX module is
+rebuilt inside it from a fixed graph definition (``nnx.merge``), so no Python object state is
+touched per step. ``state = {'step', 'params', 'opt_state', 'rng'}`` (``rng``: raw key data).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from aggpose_jax import sharding as shd
+from aggpose_jax.checkpointing import TrainCheckpointer
+from aggpose_jax.initialization import merge, pretrained_params, split_model
+from aggpose_jax.logging_utils import Progress, log, write_json
+from aggpose_jax.optim import make_optimizer
+from aggpose_jax.train_config import model_config, validate_config
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss (or gradient norm) became NaN/inf; the run stopped without saving that state."""
+
+
+def joints_mse_loss(heatmaps: jax.Array, target: jax.Array, target_weight: jax.Array) -> jax.Array:
+    """Mean over joints of 0.5 * MSE(pred * w, target * w) (HRNet's JointsMSELoss with target weights).
+
+    heatmaps/target (B, h, w, J), target_weight (B, J). Computed in float32.
+    """
+    w = target_weight.astype(jnp.float32)[:, None, None, :]
+    diff = (heatmaps.astype(jnp.float32) - target.astype(jnp.float32)) * w
+    return 0.5 * jnp.mean(jnp.square(diff))
+
+
+def make_train_step(graphdef: Any, other: Any, tx: optax.GradientTransformation) -> Callable:
+    """The un-jitted step ``(state, batch) -> (state, metrics)``."""
+
+    def step_fn(state: dict, batch: dict) -> tuple[dict, dict]:
+        key = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), state['step'])
+
+        def loss_of(params: Any) -> jax.Array:
+            out = merge(graphdef, params, other)(batch['image'], deterministic=False, rngs=key)
+            return joints_mse_loss(out, batch['target'], batch['target_weight'])
+
+        loss, grads = jax.value_and_grad(loss_of)(state['params'])
+        updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+        params = optax.apply_updates(state['params'], updates)
+        grad_norm = optax.global_norm(grads)
+        new_state = dict(step=state['step'] + 1, params=params, opt_state=opt_state, rng=state['rng'])
+        return new_state, {'loss': loss, 'grad_norm': grad_norm}
+
+    return step_fn
+
+
+@dataclasses.dataclass
+class FitResult:
+    step: int
+    preempted: bool
+    metrics: dict[str, float] | None  # the last evaluation, if any
+
+
+class Trainer:
+    """Builds the model, optimizer, loaders and checkpoint manager for ``config``; ``fit()`` trains.
+
+    ``batch_callback(step, local_batch)`` (tests, debugging) sees every batch before its step.
+    """
+
+    def __init__(self, config: Any, workdir: str, *, mesh: jax.sharding.Mesh | None = None,
+                 batch_callback: Callable[[int, dict], None] | None = None):
+        from aggpose_jax.data.pipeline import make_loader, make_source
+
+        validate_config(config)
+        self.config, self.workdir = config, os.path.abspath(workdir)
+        self.model_cfg = model_config(config)
+        self.mesh = mesh or shd.make_mesh()
+        self.global_batch = int(config.train.batch_size)
+        self.local_batch = shd.check_batch_size(self.global_batch, self.mesh)
+        self.batch_callback = batch_callback
+        self.train_source = make_source(config.data, 'train')
+        self.loader = make_loader(
+            self.train_source, keypoint_set=config.data.keypoints, data_config=config.data, train=True,
+            batch_size=self.local_batch, seed=int(config.seed), num_epochs=None,
+            shard_index=jax.process_index(), shard_count=jax.process_count(),
+            worker_count=int(config.data.num_workers), prefetch=int(config.data.prefetch))
+        self.steps_per_epoch = len(self.train_source) // self.global_batch
+        if self.steps_per_epoch < 1:
+            raise ValueError(f'config.train.batch_size: {self.global_batch} is larger than the training set '
+                             f'({len(self.train_source)} people)')
+        t = config.train
+        self.total_steps = int(t.num_steps) or int(round(float(t.num_epochs) * self.steps_per_epoch))
+        ev = config.eval
+        self.eval_every = int(ev.every_steps) or int(round(float(ev.every_epochs) * self.steps_per_epoch))
+        accum = int(config.optim.grad_accum_steps)
+        self.graphdef, abstract_params, self.other = split_model(self.model_cfg, int(config.seed))
+        self.tx, self.schedule = make_optimizer(
+            config.optim, abstract_params, total_updates=self.total_steps // accum,
+            updates_per_epoch=self.steps_per_epoch / accum, freeze=tuple(config.freeze))
+        self.accum = accum
+        abstract = jax.eval_shape(self._new_state, abstract_params)
+        self.state_sharding = shd.state_shardings(abstract, self.mesh, fsdp=bool(t.fsdp),
+                                                  min_size=int(t.fsdp_min_size))
+        self.abstract_state = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, self.state_sharding)
+        self.step_fn = jax.jit(make_train_step(self.graphdef, self.other, self.tx),
+                               in_shardings=(self.state_sharding, shd.batch_sharding(self.mesh)),
+                               out_shardings=(self.state_sharding, shd.replicated(self.mesh)),
+                               donate_argnums=0)
+        self.checkpointer = TrainCheckpointer(os.path.join(self.workdir, 'checkpoints'),
+                                              keep=int(t.keep_checkpoints), async_save=bool(t.async_checkpoints))
+        self._stop_signal: int | None = None
+
+    def _new_state(self, params: Any) -> dict:
+        rng = jax.random.key_data(jax.random.key(int(self.config.seed) + 1))
+        return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params), rng=rng)
+
+    def initial_state(self) -> dict:
+        """Fresh state: random / MiT / checkpoint parameters per the config, placed on the mesh."""
+        params = pretrained_params(self.config, self.model_cfg)
+        params = jax.device_put(params, self.state_sharding['params'])
+        return jax.jit(self._new_state, out_shardings=self.state_sharding)(params)
+
+    def restore_or_init(self, iterator: Any) -> dict:
+        restored = self.checkpointer.restore_latest(self.abstract_state, iterator)
+        if restored is None:
+            return self.initial_state()
+        step, state = restored
+        log.info('resumed from %s at step %d', self.checkpointer.directory, step)
+        return state
+
+    def learning_rate(self, step: int) -> float:
+        return float(self.schedule(step // self.accum))
+
+    # ------------------------------------------------------------------ loop
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        del frame
+        self._stop_signal = signum
+
+    def _flush(self, pending: list[tuple[int, dict]]) -> tuple[float, float]:
+        """Fetch pending step metrics; raise on a non-finite value. Returns (mean loss, last grad norm)."""
+        if not pending:
+            return float('nan'), float('nan')
+        host = jax.device_get([m for _, m in pending])
+        for (step, _), m in zip(pending, host):
+            if not (np.isfinite(m['loss']) and np.isfinite(m['grad_norm'])):
+                last = self.checkpointer.latest_step()
+                raise NonFiniteLossError(
+                    f'non-finite loss at step {step} (loss={float(m["loss"])}, grad_norm={float(m["grad_norm"])}); '
+                    f'stopped without saving this state; last good checkpoint: '
+                    f'{"step " + str(last) if last is not None else "none"} in {self.checkpointer.directory}. '
+                    f'Lower config.optim.lr, set config.optim.grad_clip_norm, or check the data.')
+        pending.clear()
+        return float(np.mean([m['loss'] for m in host])), float(host[-1]['grad_norm'])
+
+    def evaluate(self, state: dict, step: int) -> dict[str, float]:
+        from aggpose_jax.eval_job import make_predict_fn, run_evaluation
+        out_dir = os.path.join(self.workdir, 'eval', f'step_{step:08d}')
+        predict = make_predict_fn(self.graphdef, self.other, state['params'], self.mesh)
+        metrics = run_evaluation(self.config, predict, out_dir)
+        record_metrics(self.workdir, step, metrics, out_dir)
+        return metrics
+
+    def fit(self, *, evaluate: bool = True) -> FitResult:
+        """Train to ``total_steps`` (resuming from the workdir's latest checkpoint)."""
+        cfg = self.config.train
+        iterator = iter(self.loader)
+        state = self.restore_or_init(iterator)
+        step = int(jax.device_get(state['step']))
+        progress = Progress(self.workdir, self.total_steps, self.global_batch)
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        pending: list[tuple[int, dict]] = []
+        last_metrics: dict[str, float] | None = None
+        log.info('training %s: %d steps (%d per epoch), global batch %d on %d devices, from step %d',
+                 self.config.model.name, self.total_steps, self.steps_per_epoch, self.global_batch,
+                 self.mesh.devices.size, step)
+        try:
+            progress.start(step)
+            t_compile = time.perf_counter()
+            while step < self.total_steps:
+                if self._stop_signal is not None or self.checkpointer.reached_preemption(step):
+                    self._flush(pending)
+                    self.checkpointer.save(step, state, iterator)
+                    self.checkpointer.wait()
+                    log.info('stop requested (signal %s): saved step %d to %s; exiting', self._stop_signal, step,
+                             self.checkpointer.directory)
+                    return FitResult(step, True, last_metrics)
+                batch = next(iterator)
+                if self.batch_callback is not None:
+                    self.batch_callback(step, batch)
+                state, metrics = self.step_fn(state, shd.global_batch(batch, self.mesh))
+                step += 1
+                pending.append((step, metrics))
+                if t_compile is not None:  # first step: report compilation separately from the rate
+                    jax.block_until_ready(metrics)
+                    log.info('first step (compilation included) took %.1fs', time.perf_counter() - t_compile)
+                    t_compile = None
+                    progress.start(step)
+                do_eval = evaluate and (step == self.total_steps or (self.eval_every and step % self.eval_every == 0))
+                do_save = do_eval or step == self.total_steps or (
+                    cfg.checkpoint_every_steps and step % int(cfg.checkpoint_every_steps) == 0)
+                if do_save or step % int(cfg.log_every_steps) == 0:
+                    loss, gnorm = self._flush(pending)
+                    progress.report(step, loss, self.learning_rate(step - 1), {'grad_norm': gnorm})
+                eval_metrics = None
+                if do_eval:
+                    eval_metrics = last_metrics = self.evaluate(state, step)
+                    progress.scalars(step, {f'eval/{k}': v for k, v in eval_metrics.items()})
+                    progress.start(step)
+                if do_save:
+                    self.checkpointer.save(step, state, iterator, eval_metrics)
+            self.checkpointer.wait()
+            return FitResult(step, False, last_metrics)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            self.checkpointer.wait()
+            progress.close()
+            self.state = state
+
+    def close(self) -> None:
+        self.checkpointer.close()
+
+
+def record_metrics(workdir: str, step: int, metrics: dict[str, float], out_dir: str) -> None:
+    """Append to ``workdir/metrics.json``: {'evaluations': [{'step', 'out_dir', metrics...}], 'best': ...}."""
+    path = os.path.join(workdir, 'metrics.json')
+    history: dict[str, Any] = {'evaluations': []}
+    if os.path.isfile(path):
+        try:
+            import json
+            with open(path, encoding='utf-8') as f:
+                history = json.load(f)
+        except (OSError, ValueError):
+            log.warning('%s is unreadable; starting a new history', path)
+            history = {'evaluations': []}
+    entry = {'step': int(step), 'out_dir': out_dir, **{k: float(v) for k, v in metrics.items()}}
+    history['evaluations'] = [e for e in history.get('evaluations', []) if e.get('step') != step] + [entry]
+    history['latest'] = entry
+    history['best'] = max(history['evaluations'], key=lambda e: e.get('AP', float('-inf')))
+    write_json(path, history)
+    log.info('step %d: AP %.4f (AP50 %.4f, AR %.4f) -> %s', step, metrics.get('AP', float('nan')),
+             metrics.get('AP50', float('nan')), metrics.get('AR', float('nan')), out_dir)
+
+
+__all__ = ['NonFiniteLossError', 'joints_mse_loss', 'make_train_step', 'FitResult', 'Trainer', 'record_metrics']

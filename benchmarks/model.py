@@ -1,0 +1,254 @@
+"""Model benchmark: forward and training-step throughput of AggPose, JAX vs the PyTorch reference, on CPU.
+
+Train step = forward (drop-path on), HRNet's joints-MSE loss, backward, AdamW (lr 1e-3). Both
+frameworks get the same number of threads (``--threads``, pinned with sched_setaffinity). JAX compile
+seconds are measured ahead of time (trace + lower + compile); PyTorch runs eagerly.
+
+    python benchmarks/model.py                      # AggPose-L and -S, batch 8, 256x192; updates BENCHMARKS.md
+    python benchmarks/model.py --quick              # smoke run: aggpose_tiny, batch 2, 1 step, nothing written
+
+Run it on a quiet machine: the full run takes several minutes of both cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import pathlib
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+START, END = '<!-- model-benchmark:start -->', '<!-- model-benchmark:end -->'
+
+
+WARMUP = 2  # PyTorch (oneDNN) needs two calls before its primitives are cached
+
+
+def _timed(fn: Callable[[], Any], steps: int) -> float:
+    """Seconds per call of ``fn`` (blocks on its result), over ``steps`` calls after WARMUP warm-up calls."""
+    for _ in range(WARMUP):
+        fn()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - start) / steps
+
+
+def _data(batch: int, image_size: tuple[int, int], joints: int, seed: int = 0) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    h, w = image_size
+    images = rng.normal(size=(batch, h, w, 3)).astype(np.float32)
+    targets = rng.uniform(size=(batch, h // 4, w // 4, joints)).astype(np.float32)
+    weights = np.ones((batch, joints), np.float32)
+    return images, targets, weights
+
+
+def init_params(config: Any, seed: int = 0) -> dict:
+    """Random Flax parameters from numpy: kernels N(0, 0.02), LayerNorm scales 1, biases 0 (no JAX init)."""
+    from aggpose_jax.checkpoints import abstract_params
+
+    rng = np.random.default_rng(seed)
+
+    def init(tree: dict) -> dict:
+        out = {}
+        for name, value in tree.items():
+            if isinstance(value, dict):
+                out[name] = init(value)
+            elif name == 'kernel':
+                out[name] = (0.02 * rng.standard_normal(value.shape)).astype(np.float32)
+            else:
+                out[name] = np.full(value.shape, 1.0 if name == 'scale' else 0.0, np.float32)
+        return out
+
+    return init(abstract_params(config))
+
+
+def bench_jax(config: Any, params: dict, batch: int, steps: int) -> dict[str, float]:
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from aggpose_jax.models.aggpose import AggPose, model_from_params
+
+    model = model_from_params(config, params)
+    optimizer = nnx.Optimizer(model, optax.adamw(1e-3), wrt=nnx.Param)
+    images, targets, weights = (jnp.asarray(a) for a in _data(batch, config.image_size, config.num_joints))
+
+    graphdef, state = nnx.split((model, optimizer))
+    model_def, model_state = nnx.split(model)
+
+    def forward(model_state: Any, x: jax.Array) -> jax.Array:
+        return nnx.merge(model_def, model_state)(x, deterministic=True)
+
+    def train_step(state: Any, x: jax.Array, y: jax.Array, w: jax.Array, key: jax.Array) -> tuple[Any, jax.Array]:
+        m, opt = nnx.merge(graphdef, state)
+
+        def loss_fn(m: AggPose) -> jax.Array:
+            pred = m(x, deterministic=False, rngs=key)
+            return 0.5 * jnp.mean(jnp.square((pred - y) * w[:, None, None, :]))
+
+        loss, grads = nnx.value_and_grad(loss_fn)(m)
+        opt.update(m, grads)
+        return nnx.split((m, opt))[1], loss
+
+    out: dict[str, float] = {}
+    start = time.perf_counter()
+    fwd = jax.jit(forward).lower(model_state, images).compile()
+    out['forward_compile_s'] = time.perf_counter() - start
+    out['forward_img_s'] = batch / _timed(lambda: fwd(model_state, images).block_until_ready(), steps)
+
+    key = jax.random.key(0)
+    start = time.perf_counter()
+    step = jax.jit(train_step, donate_argnums=0).lower(state, images, targets, weights, key).compile()
+    out['train_compile_s'] = time.perf_counter() - start
+    holder = [state]
+
+    def one_step() -> None:
+        holder[0], loss = step(holder[0], images, targets, weights, key)
+        loss.block_until_ready()
+
+    out['train_img_s'] = batch / _timed(one_step, steps)
+    return out
+
+
+def bench_torch(config: Any, params: dict, batch: int, steps: int) -> dict[str, float]:
+    import torch
+
+    from aggpose_jax.convert.mapping import flax_to_torch
+    from benchmarks.torch_aggpose import TorchAggPose
+
+    torch.manual_seed(0)
+    model = TorchAggPose(config.to_dict())  # same weights as the JAX model
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in flax_to_torch(params, config).items()})
+    images, targets, weights = (torch.from_numpy(a) for a in _data(batch, config.image_size, config.num_joints))
+    images, targets = images.permute(0, 3, 1, 2).contiguous(), targets.permute(0, 3, 1, 2).contiguous()
+    out: dict[str, float] = {}
+
+    model.eval()
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(images)
+
+    out['forward_img_s'] = batch / _timed(forward, steps)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        pred = model(images)
+        loss = 0.5 * torch.mean(torch.square((pred - targets) * weights[:, :, None, None]))
+        loss.backward()
+        optimizer.step()
+
+    out['train_img_s'] = batch / _timed(train_step, steps)
+    return out
+
+
+def _machine(threads: int) -> str:
+    import flax
+    import jax
+    import optax
+    cpu = platform.processor() or 'unknown CPU'
+    try:
+        names = [line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name')]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    versions = [f'Python {platform.python_version()}', f'jax {jax.__version__}', f'flax {flax.__version__}',
+                f'optax {optax.__version__}', f'numpy {np.__version__}']
+    try:
+        import torch
+        versions.append(f'torch {torch.__version__}')
+    except ImportError:
+        pass
+    return (f'{datetime.date.today().isoformat()}, {cpu} ({os.cpu_count()} logical CPUs, {threads} used by each '
+            f'framework), {platform.system()} {platform.release()}; {", ".join(versions)}')
+
+
+def _table(rows: list[tuple[str, str, dict[str, float]]]) -> str:
+    lines = ['| variant | framework | forward img/s | train step img/s | forward compile s | train step compile s |',
+             '|---|---|---|---|---|---|']
+
+    def fmt(value: float | None, digits: int = 2) -> str:
+        return '—' if value is None else f'{value:.{digits}f}'
+
+    for variant, framework, r in rows:
+        lines.append(f'| {variant} | {framework} | {fmt(r.get("forward_img_s"))} | {fmt(r.get("train_img_s"))} | '
+                     f'{fmt(r.get("forward_compile_s"), 1)} | {fmt(r.get("train_compile_s"), 1)} |')
+    return '\n'.join(lines)
+
+
+def write_section(path: pathlib.Path, body: str) -> None:
+    """Replace the text between the model-benchmark markers of ``path`` (appending a section if absent)."""
+    text = path.read_text() if path.exists() else '# Benchmarks\n'
+    block = f'{START}\n{body.strip()}\n{END}'
+    if START in text and END in text:
+        text = text[:text.index(START)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip('\n') + f'\n\n## Model\n\n{block}\n'
+    path.write_text(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--variants', default='aggpose_l,aggpose_s', help='comma-separated model variants')
+    parser.add_argument('--batch', type=int, default=8)
+    parser.add_argument('--steps', type=int, default=5, help='timed steps (after two warm-up steps)')
+    parser.add_argument('--threads', type=int, default=2, help='CPU cores for each framework')
+    parser.add_argument('--frameworks', default='jax,torch', help='jax, torch or both')
+    parser.add_argument('--quick', action='store_true', help='smoke run: aggpose_tiny, batch 2, 1 step, no write')
+    parser.add_argument('--no-write', action='store_true', help='print only; do not update BENCHMARKS.md')
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.variants, args.batch, args.steps, args.no_write = 'aggpose_tiny', 2, 1, True
+    if hasattr(os, 'sched_setaffinity'):
+        cores = sorted(os.sched_getaffinity(0))[:args.threads]
+        os.sched_setaffinity(0, cores)
+    frameworks = args.frameworks.split(',')
+    if 'torch' in frameworks:
+        try:
+            import torch
+            torch.set_num_threads(args.threads)
+        except ImportError:
+            print('torch is not installed: benchmarking JAX only', file=sys.stderr)
+            frameworks = [f for f in frameworks if f != 'torch']
+
+    from aggpose_jax.models.aggpose import get_model_config
+    rows = []
+    load_before = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
+    for variant in args.variants.split(','):
+        config = get_model_config(variant)
+        params = init_params(config)
+        for framework in frameworks:
+            bench = bench_jax if framework == 'jax' else bench_torch
+            result = bench(config, params, args.batch, args.steps)
+            print(f'{variant} {framework}: ' + ', '.join(f'{k}={v:.2f}' for k, v in result.items()), flush=True)
+            rows.append((variant, 'JAX' if framework == 'jax' else 'PyTorch (reference)', result))
+    load_after = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
+    table = _table(rows)
+    h, w = get_model_config(args.variants.split(',')[0]).image_size
+    body = (f'CPU, float32, {h}x{w} input, batch '
+            f'{args.batch}, {args.steps} timed steps after {WARMUP} warm-up steps; train step = forward with '
+            f'drop-path, joints-MSE loss, backward, AdamW.\n\nRun of {_machine(args.threads)}; load average {load_before:.2f} '
+            f'before, {load_after:.2f} after.\n\n{table}\n\nReproduce: `python benchmarks/model.py '
+            f'--variants {args.variants} --batch {args.batch} --steps {args.steps} --threads {args.threads}`')
+    print()
+    print(body)
+    if not args.no_write:
+        write_section(ROOT / 'BENCHMARKS.md', body)
+        print(f'\nupdated {ROOT / "BENCHMARKS.md"}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
