@@ -30,6 +30,16 @@ class CorruptCheckpointWarning(UserWarning):
     """A checkpoint could not be restored and was skipped."""
 
 
+class _NoMetricsWarningFilter(logging.Filter):
+    """Orbax warns on every save without metrics once metrics are tracked; most saves have none."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return 'did not provide metrics' not in record.getMessage()
+
+
+logging.getLogger('absl').addFilter(_NoMetricsWarningFilter())
+
+
 class TrainCheckpointer:
     """Save/restore ``(state pytree, data iterator)`` pairs under ``directory``."""
 
@@ -40,9 +50,11 @@ class TrainCheckpointer:
             ocm.LatestN(n=int(keep)),
             ocm.BestN(get_metric_fn=lambda m: float(m[best_metric]), n=1, keep_checkpoints_without_metrics=False),
         ])
+        # best_fn only makes Orbax persist the metrics (so that 'best' survives restarts); retention is
+        # decided by the preservation policy.
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy, enable_async_checkpointing=bool(async_save), create=True,
-            cleanup_tmp_directories=True)
+            preservation_policy=policy, best_fn=lambda m: float(m[best_metric]), best_mode='max',
+            enable_async_checkpointing=bool(async_save), create=True, cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(self.directory, item_names=('state', 'data'), options=options)
 
     def all_steps(self) -> list[int]:
@@ -53,14 +65,9 @@ class TrainCheckpointer:
 
     def best_step(self) -> int | None:
         """The preserved step with the highest ``best_metric`` (None before any evaluation)."""
-        best, best_value = None, None
-        for step in self.manager.all_steps():
-            metrics = self.manager.metrics(step)
-            if metrics and self.best_metric in metrics:
-                value = float(metrics[self.best_metric])
-                if best_value is None or value > best_value:
-                    best, best_value = step, value
-        return best
+        scored = [(float(m[self.best_metric]), step) for step in self.manager.all_steps()
+                  if (m := self.manager.metrics(step)) and self.best_metric in m]
+        return max(scored)[1] if scored else None
 
     def save(self, step: int, state: Any, data_iterator: Any, metrics: dict[str, float] | None = None) -> None:
         """Start saving (asynchronous for ``state``); the iterator state is captured now."""

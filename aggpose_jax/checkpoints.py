@@ -53,14 +53,14 @@ def abstract_params(config: ModelConfig) -> dict:
 
     from aggpose_jax.models.aggpose import AggPose
     model = nnx.eval_shape(lambda: AggPose(config, rngs=nnx.Rngs(0)))
-    return nnx.state(model, nnx.Param).to_pure_dict()
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
 def pure_params(params: Any) -> dict:
     """``nnx.State`` -> nested dict of arrays (a nested dict is returned as is)."""
     from flax import nnx
     if isinstance(params, nnx.State):
-        return params.to_pure_dict()
+        return nnx.to_pure_dict(params)
     if not isinstance(params, Mapping):
         raise TypeError(f'params: expected an nnx.State or a nested dict of arrays, got {type(params).__name__}')
     return dict(params)
@@ -186,7 +186,20 @@ def load_model(directory: str | os.PathLike) -> tuple[ModelConfig, dict]:
                           abstract_params(config))
     try:
         with ocp.StandardCheckpointer() as checkpointer:
+            # Compare shapes first: a mismatch is reported here, without a failing restore.
+            stored = checkpointer.metadata(params_dir)
+            stored = getattr(stored, 'item_metadata', stored)
+            got, want = ({jax.tree_util.keystr(p): tuple(leaf.shape)
+                          for p, leaf in jax.tree_util.tree_leaves_with_path(tree)} for tree in (stored, target))
+            if not got:
+                raise CheckpointError(f'{params_dir}: damaged parameter checkpoint (its metadata cannot be read)')
+            if got != want:
+                bad = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+                raise CheckpointError(f'{params_dir}: the stored parameters do not match the config in {META_FILE} '
+                                      f'({len(bad)} differ, e.g. {", ".join(bad[:3])})')
             params = checkpointer.restore(params_dir, target)
+    except CheckpointError:
+        raise
     except Exception as err:  # orbax raises many types (FileNotFoundError, ValueError, KeyError, ...)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f'{params_dir}: cannot restore the parameters ({type(err).__name__}: '

@@ -7,7 +7,6 @@ merges the per-process results on process 0.
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any, Callable
 
@@ -19,6 +18,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from aggpose_jax import sharding as shd
 from aggpose_jax.initialization import merge
+
+
+_FORWARD: dict[tuple, Callable] = {}
 
 
 def local_params(params: Any, mesh: jax.sharding.Mesh | None = None) -> tuple[Any, jax.sharding.Mesh]:
@@ -44,17 +46,19 @@ def make_predict_fn(graphdef: nnx.GraphDef, other: nnx.State, params: Any,
     params, local_mesh = local_params(params, mesh)
     n_dev = local_mesh.devices.size
     batch_sharding = NamedSharding(local_mesh, P(shd.DATA_AXIS))
-
-    @functools.partial(jax.jit, out_shardings=NamedSharding(local_mesh, P()))
-    def forward(p: Any, images: jax.Array) -> jax.Array:
-        return merge(graphdef, p, other)(images, deterministic=True)
+    key = (graphdef, tuple(d.id for d in local_mesh.devices.flat))
+    if key not in _FORWARD:  # compiled once per model and device set (evaluations during training)
+        def forward(p: Any, images: jax.Array) -> jax.Array:
+            return merge(graphdef, p, other)(images, deterministic=True)
+        _FORWARD[key] = jax.jit(forward, out_shardings=NamedSharding(local_mesh, P()))
+    forward_fn = _FORWARD[key]
 
     def predict(images: np.ndarray) -> jax.Array:
         n = images.shape[0]
         pad = (-n) % n_dev
         if pad:
             images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
-        out = forward(params, jax.device_put(jnp.asarray(images, jnp.float32), batch_sharding))
+        out = forward_fn(params, jax.device_put(jnp.asarray(images, jnp.float32), batch_sharding))
         return out[:n] if pad else out
 
     return predict

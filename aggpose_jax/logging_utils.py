@@ -25,6 +25,11 @@ def setup_logging(level: int = logging.INFO) -> None:
         log.addHandler(handler)
     log.setLevel(level)
     log.propagate = False
+    try:  # Orbax logs every checkpoint step at INFO through absl
+        from absl import logging as absl_logging
+        absl_logging.set_verbosity(absl_logging.WARNING)
+    except ImportError:
+        pass
 
 
 def format_duration(seconds: float) -> str:

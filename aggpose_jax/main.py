@@ -208,7 +208,7 @@ def main(argv: Sequence[str]) -> None:
         _fail('--config is required (e.g. --config configs/default.py)')
     config = _CONFIG.value
     if not isinstance(config, ConfigDict):
-        _fail(f'--config: cannot load {path}')
+        _fail(f'--config: cannot load {path}' + ('' if os.path.isfile(path) else ' (no such file)'))
     from aggpose_jax.train_config import check_types
     try:
         check_types(config, _load_config_file(path))

@@ -9,8 +9,10 @@ touched per step. ``state = {'step', 'params', 'opt_state', 'rng'}`` (``rng``: r
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -61,6 +63,14 @@ def make_train_step(graphdef: Any, other: Any, tx: optax.GradientTransformation)
     return step_fn
 
 
+_COMPILED: dict[tuple, tuple] = {}
+
+
+def _new_state(tx: optax.GradientTransformation, seed: int, params: Any) -> dict:
+    rng = jax.random.key_data(jax.random.key(seed + 1))
+    return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng)
+
+
 @dataclasses.dataclass
 class FitResult:
     step: int
@@ -71,7 +81,8 @@ class FitResult:
 class Trainer:
     """Builds the model, optimizer, loaders and checkpoint manager for ``config``; ``fit()`` trains.
 
-    ``batch_callback(step, local_batch)`` (tests, debugging) sees every batch before its step.
+    ``batch_callback(step, local_batch)`` (tests, debugging) sees every batch before its step (``step``
+    = steps done so far) and may return a replacement batch.
     """
 
     def __init__(self, config: Any, workdir: str, *, mesh: jax.sharding.Mesh | None = None,
@@ -99,34 +110,33 @@ class Trainer:
         self.total_steps = int(t.num_steps) or int(round(float(t.num_epochs) * self.steps_per_epoch))
         ev = config.eval
         self.eval_every = int(ev.every_steps) or int(round(float(ev.every_epochs) * self.steps_per_epoch))
-        accum = int(config.optim.grad_accum_steps)
+        self.accum = int(config.optim.grad_accum_steps)
         self.graphdef, abstract_params, self.other = split_model(self.model_cfg, int(config.seed))
-        self.tx, self.schedule = make_optimizer(
-            config.optim, abstract_params, total_updates=self.total_steps // accum,
-            updates_per_epoch=self.steps_per_epoch / accum, freeze=tuple(config.freeze))
-        self.accum = accum
-        abstract = jax.eval_shape(self._new_state, abstract_params)
-        self.state_sharding = shd.state_shardings(abstract, self.mesh, fsdp=bool(t.fsdp),
-                                                  min_size=int(t.fsdp_min_size))
+        key = (self.model_cfg, config.optim.to_json(), tuple(config.freeze), self.total_steps, self.steps_per_epoch,
+               tuple(d.id for d in self.mesh.devices.flat), bool(t.fsdp), int(t.fsdp_min_size))
+        if key not in _COMPILED:  # same job in the same process (resume, tests): reuse the compiled step
+            tx, schedule = make_optimizer(
+                config.optim, abstract_params, total_updates=self.total_steps // self.accum,
+                updates_per_epoch=self.steps_per_epoch / self.accum, freeze=tuple(config.freeze))
+            abstract = jax.eval_shape(functools.partial(_new_state, tx, 0), abstract_params)
+            state_sharding = shd.state_shardings(abstract, self.mesh, fsdp=bool(t.fsdp), min_size=int(t.fsdp_min_size))
+            step_fn = jax.jit(make_train_step(self.graphdef, self.other, tx),
+                              in_shardings=(state_sharding, shd.batch_sharding(self.mesh)),
+                              out_shardings=(state_sharding, shd.replicated(self.mesh)), donate_argnums=0)
+            _COMPILED[key] = (tx, schedule, abstract, state_sharding, step_fn)
+        self.tx, self.schedule, abstract, self.state_sharding, self.step_fn = _COMPILED[key]
         self.abstract_state = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, self.state_sharding)
-        self.step_fn = jax.jit(make_train_step(self.graphdef, self.other, self.tx),
-                               in_shardings=(self.state_sharding, shd.batch_sharding(self.mesh)),
-                               out_shardings=(self.state_sharding, shd.replicated(self.mesh)),
-                               donate_argnums=0)
         self.checkpointer = TrainCheckpointer(os.path.join(self.workdir, 'checkpoints'),
                                               keep=int(t.keep_checkpoints), async_save=bool(t.async_checkpoints))
         self._stop_signal: int | None = None
-
-    def _new_state(self, params: Any) -> dict:
-        rng = jax.random.key_data(jax.random.key(int(self.config.seed) + 1))
-        return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params), rng=rng)
 
     def initial_state(self) -> dict:
         """Fresh state: random / MiT / checkpoint parameters per the config, placed on the mesh."""
         params = pretrained_params(self.config, self.model_cfg)
         params = jax.device_put(params, self.state_sharding['params'])
-        return jax.jit(self._new_state, out_shardings=self.state_sharding)(params)
+        init = functools.partial(_new_state, self.tx, int(self.config.seed))
+        return jax.jit(init, out_shardings=self.state_sharding)(params)
 
     def restore_or_init(self, iterator: Any) -> dict:
         restored = self.checkpointer.restore_latest(self.abstract_state, iterator)
@@ -176,7 +186,9 @@ class Trainer:
         state = self.restore_or_init(iterator)
         step = int(jax.device_get(state['step']))
         progress = Progress(self.workdir, self.total_steps, self.global_batch)
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous = {}
+        if threading.current_thread() is threading.main_thread():  # signal handlers: main thread only
+            previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         pending: list[tuple[int, dict]] = []
         last_metrics: dict[str, float] | None = None
         log.info('training %s: %d steps (%d per epoch), global batch %d on %d devices, from step %d',
@@ -195,7 +207,7 @@ class Trainer:
                     return FitResult(step, True, last_metrics)
                 batch = next(iterator)
                 if self.batch_callback is not None:
-                    self.batch_callback(step, batch)
+                    batch = self.batch_callback(step, batch) or batch
                 state, metrics = self.step_fn(state, shd.global_batch(batch, self.mesh))
                 step += 1
                 pending.append((step, metrics))

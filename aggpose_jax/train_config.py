@@ -157,9 +157,6 @@ def model_config(config: ml_collections.ConfigDict) -> Any:
         raise ValueError(f'config.model: {text}') from None
 
 
-__all__ = ['DATA_SOURCES', 'DECODERS', 'MODES', 'base_config', 'validate_config', 'model_config', 'check_types']
-
-
 def check_types(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict, prefix: str = '') -> None:
     """Raise ``ValueError('config.<key>: ...')`` where ``config`` holds a value of another type than
     ``reference`` (the config file's own values); ints are accepted for floats, tuple elements are checked."""
@@ -179,7 +176,8 @@ def check_types(config: ml_collections.ConfigDict, reference: ml_collections.Con
 
 def _kind(ref: Any) -> str:
     if isinstance(ref, tuple):
-        return f'a tuple of {_kind(ref[0])}' if ref else 'a tuple'
+        plural = {bool: 'booleans', int: 'integers', float: 'numbers', str: 'strings'}.get(type(ref[0]) if ref else None)
+        return f'a tuple of {plural}' if plural else 'a tuple'
     return {bool: 'a boolean', int: 'an integer', float: 'a number', str: 'a string'}.get(type(ref), type(ref).__name__)
 
 
@@ -195,3 +193,6 @@ def _same_kind(value: Any, ref: Any) -> bool:
             return False
         return not ref or all(_same_kind(v, ref[0]) for v in value)
     return isinstance(value, type(ref))
+
+
+__all__ = ['DATA_SOURCES', 'DECODERS', 'MODES', 'base_config', 'validate_config', 'model_config', 'check_types']

@@ -165,5 +165,10 @@ def test_broken_model_directories(tmp_path, fixture_params):
         load_model(no_params)
     other_config = broken('other_config', lambda d: (d / 'aggpose_model.json').write_text(
         json.dumps({**meta, 'config': {**meta['config'], 'num_joints': 21}})))
-    with pytest.raises(CheckpointError, match=r'other_config/params: cannot restore the parameters'):
+    with pytest.raises(CheckpointError, match=r"other_config/params: the stored parameters do not match the config "
+                                              r"in aggpose_model.json \(2 differ, e.g. \['final_layer'\]\['fc2'\]"):
         load_model(other_config)
+    damaged = broken('damaged', lambda d: [f.write_bytes(b'junk') for f in (d / 'params').rglob('*')
+                                           if f.is_file() and f.stat().st_size > 1000])
+    with pytest.raises(CheckpointError, match=r'damaged/params: damaged parameter checkpoint'):
+        load_model(damaged)

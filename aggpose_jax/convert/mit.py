@@ -148,7 +148,7 @@ def import_mit_backbone(target: AggPose | nnx.State | dict, path: str | os.PathL
         full.update(tensors)
         new = jax.tree.map(jnp.asarray, torch_to_flax(full, config))
         if isinstance(target, nnx.State):
-            target.replace_by_pure_dict(new)
+            nnx.replace_by_pure_dict(target, new)
         else:
             _update_nested(target, new)
         loaded = [n for n in expected_torch_shapes(config) if n in tensors]
