@@ -34,15 +34,22 @@ def split_model(config: ModelConfig, seed: int = 0) -> tuple[nnx.GraphDef, Any, 
     return graphdef, nnx.to_pure_dict(params), other
 
 
-def random_params(config: ModelConfig, seed: int, shardings: Any = None) -> dict:
-    """Freshly initialised parameters (the release's initialisers), built by one jitted function."""
-    def init() -> dict:
-        return nnx.to_pure_dict(nnx.state(AggPose(config, rngs=nnx.Rngs(seed)), nnx.Param))
+_INIT: dict[tuple, Any] = {}
 
-    lowered = jax.jit(init, out_shardings=shardings).lower()
-    # Runs once: on CPU, skip LLVM optimisation (halves the compile time of hundreds of RNG calls).
-    fast = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
-    return lowered.compile(compiler_options=fast if jax.default_backend() == 'cpu' else None)()
+
+def random_params(config: ModelConfig, seed: int, shardings: Any = None) -> dict:
+    """Freshly initialised parameters (the release's initialisers), built by one jitted function
+    (compiled once per configuration, seed and placement in a process)."""
+    key = (config, int(seed), shardings)
+    if key not in _INIT:
+        def init() -> dict:
+            return nnx.to_pure_dict(nnx.state(AggPose(config, rngs=nnx.Rngs(seed)), nnx.Param))
+
+        lowered = jax.jit(init, out_shardings=shardings).lower()
+        # Runs once: on CPU, skip LLVM optimisation (halves the compile time of hundreds of RNG calls).
+        fast = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
+        _INIT[key] = lowered.compile(compiler_options=fast if jax.default_backend() == 'cpu' else None)
+    return _INIT[key]()
 
 
 def merge(graphdef: nnx.GraphDef, params: dict, other: nnx.State) -> AggPose:

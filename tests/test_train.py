@@ -56,7 +56,7 @@ def test_weight_decay_mask_by_name_excludes_norms_and_biases():
 
     # Behaviour: with zero gradients only decayed parameters move.
     tx, _ = make_optimizer(_optim(weight_decay=0.1, lr=0.1), params, total_updates=10, updates_per_epoch=5)
-    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    updates, _ = jax.jit(tx.update)(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
     moved = {k: bool(np.any(np.asarray(u) != 0)) for k, u in named_leaves(updates)}
     assert moved == mask
 
@@ -69,9 +69,14 @@ def test_freeze_leaves_matching_params_unchanged():
     state = tx.init(params)
     new = params
     grads = jax.tree.map(lambda p: jnp.ones_like(p), params)
+
+    @jax.jit
+    def step(state, params):
+        updates, state = tx.update(grads, state, params)
+        return state, optax.apply_updates(params, updates)
+
     for _ in range(2):
-        updates, state = tx.update(grads, state, new)
-        new = optax.apply_updates(new, updates)
+        state, new = step(state, new)
     before, after = dict(named_leaves(params)), dict(named_leaves(new))
     frozen = [k for k in before if k.startswith('patch_embed1/') or 'block1/layers/attn/' in k]
     assert len(frozen) >= 6
@@ -112,42 +117,58 @@ def test_gradient_accumulation_equals_mean_gradient_step():
 
 _SHARDED = r'''
 import jax, jax.numpy as jnp, numpy as np
+from flax import nnx
 from aggpose_jax import sharding as shd
-from aggpose_jax.initialization import split_model
-from aggpose_jax.models.aggpose import get_model_config
 from aggpose_jax.optim import make_optimizer
 from aggpose_jax.train import _new_state, make_train_step
 from aggpose_jax.train_config import base_config
 assert jax.device_count() == 8
-cfg = get_model_config('aggpose_tiny', image_size=(64, 64), unroll_blocks=True, drop_path_rate=0.1)
-graphdef, abstract, other = split_model(cfg)
+
+
+class StandIn(nnx.Module):
+    # AggPose's interface (NHWC images -> 1/4-resolution heatmaps, dropout key) at a fraction of the
+    # compile time: patch-embedding conv, LayerNorm, dropout, MLP head.
+    def __init__(self, rngs):
+        self.embed = nnx.Conv(3, 16, (4, 4), strides=(4, 4), rngs=rngs)
+        self.norm = nnx.LayerNorm(16, rngs=rngs)
+        self.head = nnx.Linear(16, 17, rngs=rngs)
+
+    def __call__(self, x, deterministic=True, rngs=None):
+        h = self.norm(self.embed(x))
+        if not deterministic:
+            h = jnp.where(jax.random.bernoulli(rngs, 0.8, h.shape), h / 0.8, 0.0)
+        return self.head(jax.nn.gelu(h))
+
+
+graphdef, params, other = nnx.split(StandIn(nnx.Rngs(0)), nnx.Param, ...)
+params = jax.device_get(nnx.to_pure_dict(params))
 opt = base_config().optim
-opt.lr = 1e-3
+opt.lr = 1e-2
 opt.grad_clip_norm = 1.0
-tx, _ = make_optimizer(opt, abstract, total_updates=10, updates_per_epoch=5)
+tx, _ = make_optimizer(opt, params, total_updates=10, updates_per_epoch=5)
 rng = np.random.default_rng(0)
-params = jax.tree.map(lambda s: (0.1 * rng.normal(size=s.shape)).astype(np.float32), abstract)
-batches = [dict(image=rng.normal(size=(8, 64, 64, 3)).astype(np.float32),
-                target=rng.uniform(size=(8, 16, 16, 17)).astype(np.float32),
-                target_weight=rng.integers(0, 2, size=(8, 17)).astype(np.float32)) for _ in range(2)]
+batches = [dict(image=rng.normal(size=(16, 32, 32, 3)).astype(np.float32),
+                target=rng.uniform(size=(16, 8, 8, 17)).astype(np.float32),
+                target_weight=rng.integers(0, 2, size=(16, 17)).astype(np.float32)) for _ in range(3)]
 results = {}
 for name, devices, fsdp in (('single', jax.devices()[:1], False), ('dp8', jax.devices(), False),
                             ('fsdp8', jax.devices(), True)):
     mesh = shd.make_mesh(devices)
     state = _new_state(tx, 0, params)
-    sh = shd.state_shardings(jax.eval_shape(lambda: state), mesh, fsdp=fsdp, min_size=256)
+    sh = shd.state_shardings(jax.eval_shape(lambda: state), mesh, fsdp=fsdp, min_size=64)
     state = jax.device_put(state, sh)
     step = jax.jit(make_train_step(graphdef, other, tx), in_shardings=(sh, shd.batch_sharding(mesh)),
                    out_shardings=(sh, shd.replicated(mesh)), donate_argnums=0)
     for b in batches:
-        state, metrics = step(state, shd.global_batch(b, mesh))
-    if fsdp:
-        assert any(not a.is_fully_replicated for a in jax.tree.leaves(state['params']))
-        assert any(not a.is_fully_replicated for a in jax.tree.leaves(state['opt_state']))
+        gb = shd.global_batch(b, mesh)
+        assert len(gb['image'].sharding.device_set) == len(devices)
+        state, metrics = step(state, gb)
+    sharded = [a for a in jax.tree.leaves(state) if not a.is_fully_replicated]
+    assert bool(sharded) == fsdp, (name, len(sharded))  # FSDP splits params and Adam moments
     results[name] = (jax.device_get(state['params']), float(metrics['loss']))
 ref, ref_loss = results['single']
 moved = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(params)))
-assert moved > 1e-4, moved
+assert moved > 1e-3, moved
 for name in ('dp8', 'fsdp8'):
     got, loss = results[name]
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
@@ -205,23 +226,14 @@ print('OK')
 '''
 
 
-def test_resume_after_preemption_is_bitwise_identical(tmp_path, synthetic_coco_root):
-    code = f'import sys; sys.argv = ["x", {synthetic_coco_root!r}, {str(tmp_path)!r}]\n' + _RESUME
-    assert run_python(code).strip().endswith('OK')
-
-
 _NAN = r'''
-import os, sys
-import jax, numpy as np
-from aggpose_jax.train import NonFiniteLossError, Trainer
-from train_helpers import tiny_config
-root, tmp = sys.argv[1], sys.argv[2]
+from aggpose_jax.train import NonFiniteLossError
 
 def poison(step, batch):
     if step == 2:
         return {**batch, 'target': np.full_like(batch['target'], np.nan)}
 
-trainer = Trainer(tiny_config(root), os.path.join(tmp, 'wd'), batch_callback=poison)
+trainer = Trainer(tiny_config(root, checkpoint_every_steps=1), os.path.join(tmp, 'wd'), batch_callback=poison)
 try:
     trainer.fit(evaluate=False)
     raise AssertionError('no error')
@@ -235,9 +247,10 @@ print('OK')
 '''
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, synthetic_coco_root):
-    code = f'import sys; sys.argv = ["x", {synthetic_coco_root!r}, {str(tmp_path)!r}]\n' + _NAN
-    out = run_python(code)
-    assert out.strip().endswith('OK')
+def test_resume_is_bitwise_identical_and_nan_loss_stops(tmp_path, synthetic_coco_root):
+    # One child for both (they share the compiled tiny training step; compiling dominates their cost).
+    code = f'import sys; sys.argv = ["x", {synthetic_coco_root!r}, {str(tmp_path)!r}]\n' + _RESUME + _NAN
+    out = run_python(code, lock=True)
+    assert [line for line in out.splitlines() if line == 'OK'] == ['OK', 'OK']
     message = out.split('MESSAGE', 1)[1]
     assert 'non-finite loss at step 3' in message and 'last good checkpoint: step 2' in message

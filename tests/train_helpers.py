@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import subprocess
 import sys
 import tempfile
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -16,7 +18,7 @@ REPO = os.path.dirname(TESTS)
 
 
 def tiny_config(root: str, **train: Any):
-    """aggpose_tiny at 64x64 on the synthetic set; batch 4; no evaluation; checkpoint every step."""
+    """aggpose_tiny at 64x64 on the synthetic set; batch 4; 6 steps; no evaluation; checkpoint every 3 steps."""
     from aggpose_jax.train_config import base_config
 
     c = base_config()
@@ -34,7 +36,7 @@ def tiny_config(root: str, **train: Any):
     c.train.batch_size = 4
     c.train.num_steps = 6
     c.train.log_every_steps = 2
-    c.train.checkpoint_every_steps = 1
+    c.train.checkpoint_every_steps = 3
     c.train.keep_checkpoints = 10
     c.eval.every_steps = 0
     c.eval.every_epochs = 0.0
@@ -69,11 +71,25 @@ def child_env(devices: int = 1) -> dict[str, str]:
     return env
 
 
-def run_python(code: str, *, devices: int = 1, timeout: int = 600) -> str:
-    """Run ``code`` in a fresh interpreter (see ``child_env``); returns stdout, fails with the child's
-    output on a non-zero exit."""
-    proc = subprocess.run([sys.executable, '-c', code], env=child_env(devices), cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+@contextlib.contextmanager
+def compile_lock() -> Iterator[None]:
+    """Serialise children that compile the tiny AggPose across pytest-xdist workers: the first fills
+    the shared compilation cache, the others then load from it instead of compiling in parallel."""
+    path = child_env()['JAX_COMPILATION_CACHE_DIR'] + '.lock'
+    with open(path, 'a') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def run_python(code: str, *, devices: int = 1, timeout: int = 600, lock: bool = False) -> str:
+    """Run ``code`` in a fresh interpreter (see ``child_env``; ``lock``: under ``compile_lock``);
+    returns stdout, fails with the child's output on a non-zero exit."""
+    with compile_lock() if lock else contextlib.nullcontext():
+        proc = subprocess.run([sys.executable, '-c', code], env=child_env(devices), cwd=REPO,
+                              capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f'child failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}')
     return proc.stdout

@@ -46,6 +46,16 @@ def layer_norm(features: int, eps: float, dtype: jnp.dtype, rngs: nnx.Rngs) -> n
                          use_fast_variance=False, rngs=rngs)
 
 
+def apply_dense(layer: nnx.Linear, x: jax.Array) -> jax.Array:
+    """``layer`` on the last axis of ``x``, via a 2-D (rows, features) matmul.
+
+    XLA:CPU runs a dense layer (and its kernel gradient) several times faster on a 2-D operand than
+    on a 4-D NHWC map.
+    """
+    y = layer(x.reshape(-1, x.shape[-1]))
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
 def upsample_nearest(x: jax.Array, factor: int) -> jax.Array:
     """Nearest-neighbour up-sampling of an NHWC map by an integer factor (torch ``nn.Upsample``)."""
     if factor == 1:
@@ -77,14 +87,60 @@ class OverlapPatchEmbed(nnx.Module):
         return self.norm(self.proj(x))
 
 
+def _shift_sum3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """sum_{a,b} pad(x, 1)[:, i+a, j+b, c] * kernel[a, b, c], accumulated in float32, in ``x.dtype``."""
+    h, w = x.shape[1], x.shape[2]
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))).astype(jnp.float32)
+    k = kernel.astype(jnp.float32)
+    out = sum(xp[:, a:a + h, b:b + w, :] * k[a, b] for a in range(3) for b in range(3))
+    return out.astype(x.dtype)
+
+
+@jax.custom_vjp
+def depthwise3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """Depthwise 3x3 cross-correlation, stride 1, zero pad 1: x (N, H, W, C), kernel (3, 3, C).
+
+    Written as nine shifted multiply-adds: XLA:CPU runs a grouped ``conv_general_dilated`` (and
+    above all its gradients) an order of magnitude slower. The custom VJP keeps the backward pass
+    in the same cheap form (input gradient = the same op with the kernel flipped).
+    """
+    return _shift_sum3x3(x, kernel)
+
+
+def _depthwise3x3_fwd(x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return _shift_sum3x3(x, kernel), (x, kernel)
+
+
+def _depthwise3x3_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x, kernel = res
+    h, w = x.shape[1], x.shape[2]
+    dx = _shift_sum3x3(g, kernel[::-1, ::-1])
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))).astype(jnp.float32)
+    g32 = g.astype(jnp.float32)
+    dk = jnp.stack([jnp.stack([jnp.sum(xp[:, a:a + h, b:b + w, :] * g32, axis=(0, 1, 2)) for b in range(3)])
+                    for a in range(3)])
+    return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+depthwise3x3.defvjp(_depthwise3x3_fwd, _depthwise3x3_bwd)
+
+
 class DWConv(nnx.Module):
-    """3x3 depthwise conv with bias, pad 1 (attribute ``dwconv`` as in the release)."""
+    """3x3 depthwise conv with bias, pad 1 (attribute ``dwconv`` as in the release).
+
+    The parameters stay those of a grouped ``nnx.Conv`` (kernel (3, 3, 1, C), bias (C,)) so checkpoints
+    map unchanged; the computation is :func:`depthwise3x3`.
+    """
 
     def __init__(self, features: int, *, dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
         self.dwconv = conv(features, features, 3, 1, 1, dtype, rngs, groups=features)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.dwconv(x)
+        layer = self.dwconv
+        dtype = layer.dtype or x.dtype
+        kernel = layer.kernel[...].astype(dtype)[:, :, 0, :]
+        y = depthwise3x3(x.astype(dtype), kernel)
+        return y + layer.bias[...].astype(dtype)
 
 
 class MixFFN(nnx.Module):
@@ -97,8 +153,8 @@ class MixFFN(nnx.Module):
         self.fc2 = dense(hidden_features, out_features, dtype, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.dwconv(self.fc1(x))
-        return self.fc2(jax.nn.gelu(x, approximate=False))
+        x = self.dwconv(apply_dense(self.fc1, x))
+        return apply_dense(self.fc2, jax.nn.gelu(x, approximate=False))
 
 
 class MlpUpsample(nnx.Module):
@@ -132,11 +188,11 @@ class Attention(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         b, h, w, c = x.shape
         head_dim = c // self.num_heads
-        q = self.q(x).reshape(b, h * w, self.num_heads, head_dim)
+        q = self.q(x.reshape(b * h * w, c)).reshape(b, h * w, self.num_heads, head_dim)
         src = self.norm(self.sr(x)) if self.sr_ratio > 1 else x
-        kv = self.kv(src).reshape(b, -1, 2, self.num_heads, head_dim)  # k first, then v
+        kv = self.kv(src.reshape(-1, c)).reshape(b, -1, 2, self.num_heads, head_dim)  # k first, then v
         out = jax.nn.dot_product_attention(q, kv[:, :, 0], kv[:, :, 1], scale=head_dim ** -0.5)
-        return self.proj(out.reshape(b, h, w, c))
+        return self.proj(out.reshape(b * h * w, c)).reshape(b, h, w, c)
 
 
 class Block(nnx.Module):
