@@ -28,10 +28,11 @@ def local_params(params: Any, mesh: jax.sharding.Mesh | None = None) -> tuple[An
     or global arrays replicated or FSDP-sharded over ``mesh`` (then every process must call this)."""
     local_mesh = shd.make_mesh(jax.local_devices())
     rep = NamedSharding(local_mesh, P())
+    leaves = jax.tree.leaves(params)
+    if any(isinstance(a, jax.Array) and not a.is_fully_replicated for a in leaves):  # FSDP: gather once
+        params = jax.jit(lambda t: t, out_shardings=shd.replicated(mesh))(params)
 
     def one(a: Any) -> jax.Array:
-        if isinstance(a, jax.Array) and not a.is_fully_replicated:
-            a = jax.jit(lambda x: x, out_shardings=shd.replicated(mesh))(a)
         if isinstance(a, jax.Array):
             a = a.addressable_data(0)
         return jax.device_put(a, rep)

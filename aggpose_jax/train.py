@@ -86,7 +86,7 @@ class Trainer:
     """
 
     def __init__(self, config: Any, workdir: str, *, mesh: jax.sharding.Mesh | None = None,
-                 batch_callback: Callable[[int, dict], None] | None = None):
+                 batch_callback: Callable[[int, dict], dict | None] | None = None):
         from aggpose_jax.data.pipeline import make_loader, make_source
 
         validate_config(config)
@@ -155,6 +155,19 @@ class Trainer:
         del frame
         self._stop_signal = signum
 
+    def _stop_requested(self, step: int) -> bool:
+        """A signal arrived (SIGTERM/SIGINT) or the JAX runtime reports a preemption. With several
+        processes the signal flags are combined every 10 steps so that all stop at the same step."""
+        if self.checkpointer.reached_preemption(step):
+            return True
+        if jax.process_count() == 1:
+            return self._stop_signal is not None
+        if step % 10:
+            return False
+        from jax.experimental import multihost_utils
+        flags = multihost_utils.process_allgather(np.int32(self._stop_signal is not None))
+        return bool(np.any(flags))
+
     def _flush(self, pending: list[tuple[int, dict]]) -> tuple[float, float]:
         """Fetch pending step metrics; raise on a non-finite value. Returns (mean loss, last grad norm)."""
         if not pending:
@@ -180,7 +193,9 @@ class Trainer:
         return metrics
 
     def fit(self, *, evaluate: bool = True) -> FitResult:
-        """Train to ``total_steps`` (resuming from the workdir's latest checkpoint)."""
+        """Train to ``total_steps``, resuming from the workdir's latest checkpoint if there is one (else
+        from ``initial_state``). ``evaluate``: every ``eval_every`` steps and at the end. SIGTERM/SIGINT
+        save a checkpoint and return with ``preempted=True``."""
         cfg = self.config.train
         iterator = iter(self.loader)
         state = self.restore_or_init(iterator)
@@ -198,7 +213,7 @@ class Trainer:
             progress.start(step)
             t_compile = time.perf_counter()
             while step < self.total_steps:
-                if self._stop_signal is not None or self.checkpointer.reached_preemption(step):
+                if self._stop_requested(step):
                     self._flush(pending)
                     self.checkpointer.save(step, state, iterator)
                     self.checkpointer.wait()

@@ -55,7 +55,7 @@ def test_eval_of_converted_upstream_fixture_writes_metrics(tmp_path, synthetic_c
     proc = _main('--config', DEFAULT, '--workdir', str(workdir), '--mode', 'eval',
                  f'--config.init_checkpoint={FIXTURE}', f'--config.data.root={synthetic_coco_root}',
                  '--config.data.image_size=(64,64)', '--config.data.heatmap_size=(16,16)',
-                 '--config.eval.batch_size=16', lock=True)
+                 '--config.eval.batch_size=16')
     assert proc.returncode == 0, proc.stderr[-4000:]
     with open(workdir / 'metrics.json') as f:
         metrics = json.load(f)
@@ -72,17 +72,22 @@ def test_train_and_eval_writes_checkpoints_metrics_and_tensorboard(tmp_path, syn
     config_file.write_text(f'import sys\nsys.path.insert(0, {TESTS!r})\nfrom train_helpers import tiny_config\n'
                            f'def get_config():\n    return tiny_config({synthetic_coco_root!r})\n')
     workdir = tmp_path / 'run'
-    args = ['--config', str(config_file), '--workdir', str(workdir), '--config.train.log_every_steps=3']
+    args = ['--config', str(config_file), '--workdir', str(workdir), '--config.train.log_every_steps=3',
+            '--config.eval.every_steps=3']
     proc = _main(*args, lock=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert 'step 6/6 | loss' in proc.stderr and 'img/s | ETA' in proc.stderr
     with open(workdir / 'metrics.json') as f:
-        assert json.load(f)['latest']['step'] == 6
-    assert os.path.isfile(workdir / 'eval' / 'step_00000006' / 'predictions.png')
+        metrics = json.load(f)
+    assert [e['step'] for e in metrics['evaluations']] == [3, 6] and metrics['latest']['step'] == 6
+    assert metrics['best']['AP'] == max(e['AP'] for e in metrics['evaluations'])
+    for step in (3, 6):
+        assert os.path.isfile(workdir / 'eval' / f'step_{step:08d}' / 'predictions.png')
+    assert 'AP' in proc.stderr
     assert sorted(os.listdir(workdir / 'checkpoints'), key=int) == ['3', '6']
     assert any(name.startswith('events.out.tfevents') for name in os.listdir(workdir / 'tb'))
     with open(workdir / 'config.json') as f:
-        assert json.load(f)['train']['log_every_steps'] == 3
+        assert json.load(f)['eval']['every_steps'] == 3
     # Running again resumes at the end: nothing is left to train and the run still succeeds.
     again = _main(*args)
     assert again.returncode == 0, again.stderr[-4000:]

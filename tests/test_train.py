@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import pytest
 
 from aggpose_jax.initialization import split_model
 from aggpose_jax.models.aggpose import get_model_config
@@ -254,3 +255,66 @@ def test_resume_is_bitwise_identical_and_nan_loss_stops(tmp_path, synthetic_coco
     assert [line for line in out.splitlines() if line == 'OK'] == ['OK', 'OK']
     message = out.split('MESSAGE', 1)[1]
     assert 'non-finite loss at step 3' in message and 'last good checkpoint: step 2' in message
+
+
+def test_init_checkpoint_with_another_joint_count_keeps_only_the_head_fresh():
+    import dataclasses
+    import os
+
+    from aggpose_jax.convert import load_torch_checkpoint
+    from aggpose_jax.initialization import check_architecture, load_matching
+
+    fixture = os.path.join(os.path.dirname(__file__), 'fixtures', 'upstream_tiny17.pth')
+    stored, loaded = load_torch_checkpoint(fixture)
+    infant = dataclasses.replace(stored, num_joints=21)  # COCO -> infant fine-tuning
+    check_architecture(stored, infant, 'init', allow_joints=True)
+    with pytest.raises(ValueError, match='num_joints: checkpoint 17, config 21'):
+        check_architecture(stored, infant, 'init')
+    with pytest.raises(ValueError, match=r'init: .*dims: checkpoint \(16, 32, 40, 64\)'):
+        check_architecture(stored, dataclasses.replace(infant, dims=(32, 64, 80, 128)), 'init', allow_joints=True)
+    _, abstract, _ = split_model(infant)
+    params = jax.tree.map(lambda s: np.full(s.shape, 7.0, np.float32), abstract)
+    fresh = load_matching(params, loaded)
+    assert sorted(fresh) == ['final_layer/fc2/bias', 'final_layer/fc2/kernel']
+    got, want = dict(named_leaves(params)), dict(named_leaves(loaded))
+    for name, value in got.items():
+        if name in fresh:
+            assert value.shape[-1] == 21 and np.all(value == 7.0)
+        else:
+            np.testing.assert_array_equal(value, want[name])
+
+
+def test_pretrained_params_applies_mit_backbone_then_init_checkpoint(tmp_path, monkeypatch):
+    import os
+
+    from aggpose_jax import initialization
+    from aggpose_jax.convert import load_torch_checkpoint, read_state_dict
+    from aggpose_jax.convert.mapping import flax_to_torch
+    from aggpose_jax.convert.mit import is_backbone_name
+    from torch_writer import write_torch_checkpoint
+
+    fixture = os.path.join(os.path.dirname(__file__), 'fixtures', 'upstream_tiny17.pth')
+    stored, fixture_params = load_torch_checkpoint(fixture)
+    # random init replaced by a constant (the initialisers are the model's business, and slow to compile)
+    monkeypatch.setattr(initialization, 'random_params', lambda cfg, seed: jax.tree.map(
+        lambda s: np.full(s.shape, 3.0, np.float32), split_model(cfg)[1]))
+    mit = {k: v + 1.0 for k, v in read_state_dict(fixture).items() if is_backbone_name(k)}
+    write_torch_checkpoint(tmp_path / 'mit.pth', mit)
+    config = base_config()
+    config.model.name = 'aggpose_tiny'
+    config.data.image_size = (64, 64)
+    config.data.heatmap_size = (16, 16)
+    config.init.mit_checkpoint = str(tmp_path / 'mit.pth')
+
+    torch_named = flax_to_torch(initialization.pretrained_params(config, stored), stored)
+    assert sum(is_backbone_name(k) for k in torch_named) == len(mit) > 0
+    for name, value in torch_named.items():
+        if is_backbone_name(name):
+            np.testing.assert_array_equal(value, mit[name])
+        else:
+            assert np.all(value == 3.0), name
+
+    config.init_checkpoint = fixture  # applied after the MiT weights: every tensor comes from it
+    params = initialization.pretrained_params(config, stored)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(fixture_params)):
+        np.testing.assert_array_equal(a, b)
