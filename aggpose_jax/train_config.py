@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
 from typing import Any
 
@@ -17,6 +19,15 @@ from aggpose_jax.optim import DECAY_MASKS, SCHEDULES
 DATA_SOURCES = ('coco_json', 'tfds')
 DECODERS = ('dark', 'argmax')
 MODES = ('train', 'eval', 'train_and_eval')
+
+
+def sibling_config(config_file: str, name: str) -> ml_collections.ConfigDict:
+    """`get_config()` of the config file `name` in the same folder as `config_file`."""
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
+    spec = importlib.util.spec_from_file_location(os.path.splitext(name)[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -4,20 +4,11 @@
         --config.data.root=/data/coco --config.init.mit_checkpoint=mit_b2.pth
 """
 
-import importlib.util
-import os
-
-
-def _load_l():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'coco_aggpose_l_256x192.py')
-    spec = importlib.util.spec_from_file_location('coco_aggpose_l_256x192', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from aggpose_jax.train_config import sibling_config
 
 
 def get_config():
-    c = _load_l().get_config()
+    c = sibling_config(__file__, 'coco_aggpose_l_256x192.py')
     c.model.name = 'aggpose_s'
     c.init.mit_checkpoint = ''  # path to SegFormer's mit_b2.pth
     return c

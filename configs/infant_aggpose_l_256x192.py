@@ -10,20 +10,11 @@ x0.1 at epochs 50 and 80 of 100, batch 128, half-body augmentation needs > 9 vis
 (from the infant keypoint set), OKS sigmas 0.05, no OKS-NMS in evaluation (as the release).
 """
 
-import importlib.util
-import os
-
-
-def _load_l():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'coco_aggpose_l_256x192.py')
-    spec = importlib.util.spec_from_file_location('coco_aggpose_l_256x192', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from aggpose_jax.train_config import sibling_config
 
 
 def get_config():
-    c = _load_l().get_config()
+    c = sibling_config(__file__, 'coco_aggpose_l_256x192.py')
     c.data.keypoints = 'infant'
     c.optim.lr = 1e-4
     c.optim.decay_epochs = (50.0, 80.0)
