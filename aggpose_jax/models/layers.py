@@ -108,7 +108,9 @@ def depthwise3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 
 def _depthwise3x3_fwd(x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return _shift_sum3x3(x, kernel), (x, kernel)
+    # The barrier materialises the output once: otherwise XLA re-computes the nine-tap sum inside every
+    # consumer fusion (GELU pieces, residual writes of a scan).
+    return jax.lax.optimization_barrier(_shift_sum3x3(x, kernel)), (x, kernel)
 
 
 def _depthwise3x3_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -123,6 +125,34 @@ def _depthwise3x3_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[j
 
 
 depthwise3x3.defvjp(_depthwise3x3_fwd, _depthwise3x3_bwd)
+
+
+def _normal_cdf(x32: jax.Array) -> jax.Array:
+    return 0.5 * (1.0 + jax.lax.erf(x32 * (1.0 / math.sqrt(2.0))))
+
+
+@jax.custom_vjp
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact GELU, x * Phi(x) with Phi from erf (the formula of torch ``nn.GELU()``), computed in float32.
+
+    The custom VJP keeps only ``x`` for the backward pass: with autodiff's residuals, XLA re-emits the
+    erf chain (and the depthwise conv feeding it) into every residual write of a scanned block stack.
+    """
+    x32 = x.astype(jnp.float32)
+    return (x32 * _normal_cdf(x32)).astype(x.dtype)
+
+
+def _gelu_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return gelu(x), x
+
+
+def _gelu_bwd(x: jax.Array, g: jax.Array) -> tuple[jax.Array]:
+    x32 = x.astype(jnp.float32)
+    pdf = jnp.exp(-0.5 * x32 * x32) * (1.0 / math.sqrt(2.0 * math.pi))
+    return ((g.astype(jnp.float32) * (_normal_cdf(x32) + x32 * pdf)).astype(g.dtype),)
+
+
+gelu.defvjp(_gelu_fwd, _gelu_bwd)
 
 
 class DWConv(nnx.Module):
@@ -154,7 +184,7 @@ class MixFFN(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = self.dwconv(apply_dense(self.fc1, x))
-        return apply_dense(self.fc2, jax.nn.gelu(x, approximate=False))
+        return apply_dense(self.fc2, gelu(x))
 
 
 class MlpUpsample(nnx.Module):
@@ -167,6 +197,22 @@ class MlpUpsample(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return upsample_nearest(self.mlp(x), self.factor)
+
+
+def strided_patch_conv(layer: nnx.Conv, x: jax.Array) -> jax.Array:
+    """``layer`` (an r x r conv with stride r, no padding) as one matmul over non-overlapping r x r patches.
+
+    Same result as the convolution (trailing rows/columns that do not fill a patch are dropped, as by the
+    conv); XLA:CPU computes the convolution's kernel gradient inside a scanned block ~10x slower.
+    """
+    r = layer.kernel_size[0]
+    b, h, w, c = x.shape
+    ho, wo = h // r, w // r
+    dtype = layer.dtype or x.dtype
+    patches = x[:, :ho * r, :wo * r].reshape(b, ho, r, wo, r, c).transpose(0, 1, 3, 2, 4, 5)
+    kernel = layer.kernel[...].astype(dtype).reshape(r * r * c, -1)  # (r, r, c, out): row-major (dy, dx, c)
+    y = patches.reshape(b * ho * wo, r * r * c).astype(dtype) @ kernel + layer.bias[...].astype(dtype)
+    return y.reshape(b, ho, wo, -1)
 
 
 class Attention(nnx.Module):
@@ -189,7 +235,7 @@ class Attention(nnx.Module):
         b, h, w, c = x.shape
         head_dim = c // self.num_heads
         q = self.q(x.reshape(b * h * w, c)).reshape(b, h * w, self.num_heads, head_dim)
-        src = self.norm(self.sr(x)) if self.sr_ratio > 1 else x
+        src = self.norm(strided_patch_conv(self.sr, x)) if self.sr_ratio > 1 else x
         kv = self.kv(src.reshape(-1, c)).reshape(b, -1, 2, self.num_heads, head_dim)  # k first, then v
         out = jax.nn.dot_product_attention(q, kv[:, :, 0], kv[:, :, 1], scale=head_dim ** -0.5)
         return self.proj(out.reshape(b * h * w, c)).reshape(b, h, w, c)
