@@ -208,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--frameworks', default='jax,torch', help='jax, torch or both')
     parser.add_argument('--blocks', choices=('scan', 'unroll'), default='unroll',
                         help="JAX block stacks: 'unroll' (fast on CPU, the default) or 'scan' (fast compile)")
+    parser.add_argument('--remat', action='store_true', help='JAX: recompute block activations in the backward pass')
     parser.add_argument('--quick', action='store_true', help='smoke run: aggpose_tiny, batch 2, 1 step, no write')
     parser.add_argument('--no-write', action='store_true', help='print only; do not update BENCHMARKS.md')
     args = parser.parse_args(argv)
@@ -229,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = []
     load_before = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
     for variant in args.variants.split(','):
-        config = get_model_config(variant, unroll_blocks=args.blocks == 'unroll')
+        config = get_model_config(variant, unroll_blocks=args.blocks == 'unroll', remat=args.remat)
         params = init_params(config)
         for framework in frameworks:
             bench = bench_jax if framework == 'jax' else bench_torch

@@ -87,90 +87,88 @@ class OverlapPatchEmbed(nnx.Module):
         return self.norm(self.proj(x))
 
 
+def _pad1(x: jax.Array) -> jax.Array:
+    return jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+
 def _shift_sum3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """sum_{a,b} pad(x, 1)[:, i+a, j+b, c] * kernel[a, b, c], accumulated in float32, in ``x.dtype``."""
+    """sum_{a,b} pad(x, 1)[:, i+a, j+b, c] * kernel[a, b, c], in float32."""
     h, w = x.shape[1], x.shape[2]
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))).astype(jnp.float32)
+    xp = _pad1(x).astype(jnp.float32)
     k = kernel.astype(jnp.float32)
-    out = sum(xp[:, a:a + h, b:b + w, :] * k[a, b] for a in range(3) for b in range(3))
-    return out.astype(x.dtype)
-
-
-@jax.custom_vjp
-def depthwise3x3(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """Depthwise 3x3 cross-correlation, stride 1, zero pad 1: x (N, H, W, C), kernel (3, 3, C).
-
-    Written as nine shifted multiply-adds: XLA:CPU runs a grouped ``conv_general_dilated`` (and
-    above all its gradients) an order of magnitude slower. The custom VJP keeps the backward pass
-    in the same cheap form (input gradient = the same op with the kernel flipped).
-    """
-    return _shift_sum3x3(x, kernel)
-
-
-def _depthwise3x3_fwd(x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    # The barrier materialises the output once: otherwise XLA re-computes the nine-tap sum inside every
-    # consumer fusion (GELU pieces, residual writes of a scan).
-    return jax.lax.optimization_barrier(_shift_sum3x3(x, kernel)), (x, kernel)
-
-
-def _depthwise3x3_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
-    x, kernel = res
-    h, w = x.shape[1], x.shape[2]
-    dx = _shift_sum3x3(g, kernel[::-1, ::-1])
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))).astype(jnp.float32)
-    g32 = g.astype(jnp.float32)
-    dk = jnp.stack([jnp.stack([jnp.sum(xp[:, a:a + h, b:b + w, :] * g32, axis=(0, 1, 2)) for b in range(3)])
-                    for a in range(3)])
-    return dx.astype(x.dtype), dk.astype(kernel.dtype)
-
-
-depthwise3x3.defvjp(_depthwise3x3_fwd, _depthwise3x3_bwd)
+    return sum(xp[:, a:a + h, b:b + w, :] * k[a, b] for a in range(3) for b in range(3))
 
 
 def _normal_cdf(x32: jax.Array) -> jax.Array:
     return 0.5 * (1.0 + jax.lax.erf(x32 * (1.0 / math.sqrt(2.0))))
 
 
+def _gelu32(z: jax.Array) -> jax.Array:
+    """Exact GELU, z * Phi(z) with Phi from erf (the formula of torch ``nn.GELU()``), float32 in and out."""
+    return z * _normal_cdf(z)
+
+
+def _gelu32_grad(z: jax.Array) -> jax.Array:
+    return _normal_cdf(z) + z * jnp.exp(-0.5 * z * z) * (1.0 / math.sqrt(2.0 * math.pi))
+
+
+def _conv_gelu(h: jax.Array, kernel: jax.Array, bias: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(pre-activation z in float32, GELU(z) in ``h.dtype``) for the depthwise 3x3 conv + bias of ``h``."""
+    z = _shift_sum3x3(h, kernel) + bias.astype(jnp.float32)
+    return z, _gelu32(z).astype(h.dtype)
+
+
 @jax.custom_vjp
-def gelu(x: jax.Array) -> jax.Array:
-    """Exact GELU, x * Phi(x) with Phi from erf (the formula of torch ``nn.GELU()``), computed in float32.
+def conv_gelu_linear(h: jax.Array, kernel: jax.Array, bias: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+    """The MixFFN after ``fc1``: ``GELU(depthwise3x3(h) + bias) @ w + b`` for an NHWC map ``h``.
 
-    The custom VJP keeps only ``x`` for the backward pass: with autodiff's residuals, XLA re-emits the
-    erf chain (and the depthwise conv feeding it) into every residual write of a scanned block stack.
+    ``kernel`` (3, 3, C), ``bias`` (C,): the depthwise conv (stride 1, zero pad 1), computed as nine
+    shifted multiply-adds in float32 (XLA:CPU runs a grouped ``conv_general_dilated``, and above all
+    its gradients, an order of magnitude slower). ``w`` (C, C_out), ``b`` (C_out,): ``fc2``, in the
+    dtype of ``h``. The custom VJP keeps only the inputs, so a scanned block stack stores one hidden map
+    per MixFFN; the backward pass recomputes the conv and GELU from ``h`` (autodiff would store the
+    pre-activation and the GELU output, and XLA:CPU re-emits the stencil into every residual write).
     """
-    x32 = x.astype(jnp.float32)
-    return (x32 * _normal_cdf(x32)).astype(x.dtype)
+    _, y = _conv_gelu(h, kernel, bias)
+    out = y.reshape(-1, y.shape[-1]) @ w + b
+    return out.reshape(*h.shape[:-1], w.shape[-1])
 
 
-def _gelu_fwd(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    return gelu(x), x
+def _conv_gelu_linear_fwd(h: jax.Array, kernel: jax.Array, bias: jax.Array, w: jax.Array,
+                          b: jax.Array) -> tuple[jax.Array, tuple]:
+    return conv_gelu_linear(h, kernel, bias, w, b), (h, kernel, bias, w, b)
 
 
-def _gelu_bwd(x: jax.Array, g: jax.Array) -> tuple[jax.Array]:
-    x32 = x.astype(jnp.float32)
-    pdf = jnp.exp(-0.5 * x32 * x32) * (1.0 / math.sqrt(2.0 * math.pi))
-    return ((g.astype(jnp.float32) * (_normal_cdf(x32) + x32 * pdf)).astype(g.dtype),)
+def _conv_gelu_linear_bwd(res: tuple, g: jax.Array) -> tuple[jax.Array, ...]:
+    h, kernel, bias, w, b = res
+    rows, hh, ww = g.size // g.shape[-1], h.shape[1], h.shape[2]
+    z, y = _conv_gelu(h, kernel, bias)
+    g2 = g.reshape(rows, g.shape[-1])
+    dw = y.reshape(rows, -1).T @ g2
+    db = jnp.sum(g2.astype(jnp.float32), axis=0)
+    dy = (g2 @ w.T).reshape(h.shape)
+    gz = dy.astype(jnp.float32) * _gelu32_grad(z)
+    dh = _shift_sum3x3(gz, kernel[::-1, ::-1])  # input gradient: the same stencil, kernel flipped
+    hp = _pad1(h).astype(jnp.float32)
+    dk = jnp.stack([jnp.stack([jnp.sum(hp[:, i:i + hh, j:j + ww, :] * gz, axis=(0, 1, 2)) for j in range(3)])
+                    for i in range(3)])
+    dbias = jnp.sum(gz, axis=(0, 1, 2))
+    return (dh.astype(h.dtype), dk.astype(kernel.dtype), dbias.astype(bias.dtype), dw.astype(w.dtype),
+            db.astype(b.dtype))
 
 
-gelu.defvjp(_gelu_fwd, _gelu_bwd)
+conv_gelu_linear.defvjp(_conv_gelu_linear_fwd, _conv_gelu_linear_bwd)
 
 
 class DWConv(nnx.Module):
-    """3x3 depthwise conv with bias, pad 1 (attribute ``dwconv`` as in the release).
+    """Parameters of the MixFFN's 3x3 depthwise conv with bias, pad 1 (attribute ``dwconv`` as in the release).
 
-    The parameters stay those of a grouped ``nnx.Conv`` (kernel (3, 3, 1, C), bias (C,)) so checkpoints
-    map unchanged; the computation is :func:`depthwise3x3`.
+    They stay those of a grouped ``nnx.Conv`` (kernel (3, 3, 1, C), bias (C,)) so checkpoints map
+    unchanged; the computation is part of :func:`conv_gelu_linear`.
     """
 
     def __init__(self, features: int, *, dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs):
         self.dwconv = conv(features, features, 3, 1, 1, dtype, rngs, groups=features)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        layer = self.dwconv
-        dtype = layer.dtype or x.dtype
-        kernel = layer.kernel[...].astype(dtype)[:, :, 0, :]
-        y = depthwise3x3(x.astype(dtype), kernel)
-        return y + layer.bias[...].astype(dtype)
 
 
 class MixFFN(nnx.Module):
@@ -183,8 +181,11 @@ class MixFFN(nnx.Module):
         self.fc2 = dense(hidden_features, out_features, dtype, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = self.dwconv(apply_dense(self.fc1, x))
-        return apply_dense(self.fc2, gelu(x))
+        dtype = self.fc2.dtype or x.dtype
+        conv = self.dwconv.dwconv
+        return conv_gelu_linear(apply_dense(self.fc1, x).astype(dtype), conv.kernel[...][:, :, 0, :],
+                                conv.bias[...], self.fc2.kernel[...].astype(dtype),
+                                self.fc2.bias[...].astype(dtype))
 
 
 class MlpUpsample(nnx.Module):

@@ -1,0 +1,89 @@
+"""Hand-written layer kernels (CPU speed) against the plain XLA operations they replace: values and gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from aggpose_jax.models.layers import MixFFN, conv_gelu_linear, strided_patch_conv
+
+
+def _reference_conv_gelu_linear(h, kernel, bias, w, b):
+    """The release's formulation: grouped conv (torch Conv2d groups=C), exact erf GELU, then Linear."""
+    c = h.shape[-1]
+    z = jax.lax.conv_general_dilated(h, kernel[:, :, None, :], (1, 1), ((1, 1), (1, 1)),
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=c,
+                                     precision=jax.lax.Precision.HIGHEST)
+    y = jax.nn.gelu(z + bias, approximate=False)
+    return jnp.einsum('nhwc,cd->nhwd', y, w, precision=jax.lax.Precision.HIGHEST) + b
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+@pytest.mark.parametrize('shape', [(2, 5, 7, 6), (1, 1, 1, 3), (3, 4, 2, 8)])
+def test_conv_gelu_linear_matches_the_grouped_conv_with_gradients(shape):
+    rng = np.random.default_rng(0)
+    c = shape[-1]
+    args = [jnp.asarray(rng.standard_normal(s), jnp.float32)
+            for s in (shape, (3, 3, c), (c,), (c, 5), (5,))]
+    np.testing.assert_allclose(conv_gelu_linear(*args), _reference_conv_gelu_linear(*args), rtol=1e-5, atol=1e-5)
+    cot = jnp.asarray(rng.standard_normal(shape[:-1] + (5,)), jnp.float32)
+
+    def loss(fn):
+        return lambda *a: jnp.sum(fn(*a) * cot)
+
+    ours = jax.jit(jax.grad(loss(conv_gelu_linear), argnums=range(5)))(*args)
+    ref = jax.jit(jax.grad(loss(_reference_conv_gelu_linear), argnums=range(5)))(*args)
+    for name, a, b in zip(('h', 'kernel', 'bias', 'w', 'b'), ours, ref):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        assert _rel(a, b) < 1e-5, (name, _rel(a, b))
+
+
+def test_conv_gelu_linear_in_bfloat16_keeps_input_dtypes_and_stays_close():
+    rng = np.random.default_rng(1)
+    args = [jnp.asarray(rng.standard_normal(s), jnp.float32) for s in ((2, 6, 4, 8), (3, 3, 8), (8,), (8, 4), (4,))]
+    low = [args[0].astype(jnp.bfloat16), args[1], args[2], args[3].astype(jnp.bfloat16), args[4].astype(jnp.bfloat16)]
+    out = conv_gelu_linear(*low)
+    assert out.dtype == jnp.bfloat16
+    assert _rel(out.astype(jnp.float32), _reference_conv_gelu_linear(*args)) < 2e-2
+    grads = jax.grad(lambda *a: jnp.sum(conv_gelu_linear(*a).astype(jnp.float32)), argnums=range(5))(*low)
+    assert [g.dtype for g in grads] == [a.dtype for a in low]
+
+
+def test_gelu_is_the_erf_form_far_into_both_tails():
+    x = jnp.asarray([-12.0, -5.0, -1.0, 0.0, 0.5, 3.0, 12.0], jnp.float32).reshape(1, 1, 7, 1)
+    # identity conv (centre tap 1), identity linear: isolates the GELU
+    kernel = jnp.zeros((3, 3, 1)).at[1, 1, 0].set(1.0)
+    out = conv_gelu_linear(x, kernel, jnp.zeros(1), jnp.ones((1, 1)), jnp.zeros(1))
+    exact = np.asarray(jax.nn.gelu(x, approximate=False), np.float64)
+    np.testing.assert_allclose(out, exact, atol=1e-7, rtol=1e-6)
+
+
+def test_mixffn_module_matches_the_reference_layer():
+    ffn = MixFFN(4, 12, 6, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, 6, 5, 4))
+    conv = ffn.dwconv.dwconv
+    h = x @ ffn.fc1.kernel[...] + ffn.fc1.bias[...]
+    want = _reference_conv_gelu_linear(h, conv.kernel[...][:, :, 0, :], conv.bias[...], ffn.fc2.kernel[...],
+                                       ffn.fc2.bias[...])
+    assert _rel(ffn(x), want) < 1e-5
+
+
+@pytest.mark.parametrize('size,ratio', [((8, 6), 2), ((9, 7), 2), ((16, 12), 4), ((8, 8), 8)])
+def test_strided_patch_conv_matches_the_convolution_with_gradients(size, ratio):
+    conv = nnx.Conv(5, 7, kernel_size=(ratio, ratio), strides=(ratio, ratio), padding='VALID',
+                    bias_init=nnx.initializers.normal(1.0), rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(2), (2, *size, 5))
+    graphdef, params = nnx.split(conv)
+    np.testing.assert_allclose(strided_patch_conv(conv, x), conv(x), rtol=1e-5, atol=1e-5)
+
+    def grads(fn):
+        return jax.grad(lambda p, x: jnp.sum(jnp.sin(fn(nnx.merge(graphdef, p), x))), argnums=(0, 1))(params, x)
+
+    ours, ref = grads(strided_patch_conv), grads(lambda layer, x: layer(x))
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+        assert _rel(a, b) < 1e-5
