@@ -112,10 +112,52 @@ def _gelu32_grad(z: jax.Array) -> jax.Array:
     return _normal_cdf(z) + z * jnp.exp(-0.5 * z * z) * (1.0 / math.sqrt(2.0 * math.pi))
 
 
+def _materialised_taps(kernel: jax.Array, bias: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``kernel`` (3, 3, C) and ``bias`` (C,) in float32, on CPU passed through an exact identity matmul.
+
+    Inside a scanned stack both are dynamic slices of the stacked parameters; XLA:CPU fuses those slices
+    into the stencil and recomputes them for every output element (2-3x slower). A dot's output is
+    always materialised, so the stencil then reads plain arrays. Elsewhere this is the identity.
+    """
+    taps = jnp.concatenate([kernel.reshape(9, -1), bias[None]], axis=0).astype(jnp.float32)
+
+    def through_dot(t: jax.Array) -> jax.Array:
+        return jnp.matmul(jnp.eye(10, dtype=jnp.float32), t, precision=jax.lax.Precision.HIGHEST)
+
+    taps = jax.lax.platform_dependent(taps, cpu=through_dot, default=lambda t: t)
+    return taps[:9].reshape(kernel.shape), taps[9]
+
+
 def _conv_gelu(h: jax.Array, kernel: jax.Array, bias: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(pre-activation z in float32, GELU(z) in ``h.dtype``) for the depthwise 3x3 conv + bias of ``h``."""
     z = _shift_sum3x3(h, kernel) + bias.astype(jnp.float32)
     return z, _gelu32(z).astype(h.dtype)
+
+
+def _kernel_grad_batched(h: jax.Array, gz: jax.Array) -> jax.Array:
+    """dk[a, b, c] = sum_{n,i,j} pad(h, 1)[n, i+a, j+b, c] * gz[n, i, j, c], float32 (3, 3, C)."""
+    hh, ww = h.shape[1], h.shape[2]
+    hp = _pad1(h).astype(jnp.float32)
+    return jnp.stack([jnp.stack([jnp.sum(hp[:, a:a + hh, b:b + ww, :] * gz, axis=(0, 1, 2)) for b in range(3)])
+                      for a in range(3)])
+
+
+def _kernel_grad_per_sample(h: jax.Array, gz: jax.Array) -> jax.Array:
+    """:func:`_kernel_grad_batched` accumulated one sample at a time.
+
+    On XLA:CPU the batched form materialises nine shifted copies of the whole batch in fresh memory;
+    one sample's copies stay in cache and their buffer is reused (4x faster on 2 cores).
+    """
+    def add_sample(n: jax.Array, acc: jax.Array) -> jax.Array:
+        one = lambda a: jax.lax.dynamic_slice_in_dim(a, n, 1)  # noqa: E731
+        return acc + _kernel_grad_batched(one(h), one(gz))
+
+    return jax.lax.fori_loop(0, h.shape[0], add_sample, jnp.zeros((3, 3, h.shape[-1]), jnp.float32))
+
+
+def _stencil_kernel_grad(h: jax.Array, gz: jax.Array) -> jax.Array:
+    """Kernel gradient of the depthwise 3x3 stencil: a per-sample loop on CPU, one batched op elsewhere."""
+    return jax.lax.platform_dependent(h, gz, cpu=_kernel_grad_per_sample, default=_kernel_grad_batched)
 
 
 @jax.custom_vjp
@@ -129,7 +171,7 @@ def conv_gelu_linear(h: jax.Array, kernel: jax.Array, bias: jax.Array, w: jax.Ar
     per MixFFN; the backward pass recomputes the conv and GELU from ``h`` (autodiff would store the
     pre-activation and the GELU output, and XLA:CPU re-emits the stencil into every residual write).
     """
-    _, y = _conv_gelu(h, kernel, bias)
+    _, y = _conv_gelu(h, *_materialised_taps(kernel, bias))
     out = y.reshape(-1, y.shape[-1]) @ w + b
     return out.reshape(*h.shape[:-1], w.shape[-1])
 
@@ -141,17 +183,16 @@ def _conv_gelu_linear_fwd(h: jax.Array, kernel: jax.Array, bias: jax.Array, w: j
 
 def _conv_gelu_linear_bwd(res: tuple, g: jax.Array) -> tuple[jax.Array, ...]:
     h, kernel, bias, w, b = res
-    rows, hh, ww = g.size // g.shape[-1], h.shape[1], h.shape[2]
-    z, y = _conv_gelu(h, kernel, bias)
+    rows = g.size // g.shape[-1]
+    taps, shift = _materialised_taps(kernel, bias)
+    z, y = _conv_gelu(h, taps, shift)
     g2 = g.reshape(rows, g.shape[-1])
     dw = y.reshape(rows, -1).T @ g2
     db = jnp.sum(g2.astype(jnp.float32), axis=0)
     dy = (g2 @ w.T).reshape(h.shape)
     gz = dy.astype(jnp.float32) * _gelu32_grad(z)
-    dh = _shift_sum3x3(gz, kernel[::-1, ::-1])  # input gradient: the same stencil, kernel flipped
-    hp = _pad1(h).astype(jnp.float32)
-    dk = jnp.stack([jnp.stack([jnp.sum(hp[:, i:i + hh, j:j + ww, :] * gz, axis=(0, 1, 2)) for j in range(3)])
-                    for i in range(3)])
+    dh = _shift_sum3x3(gz, taps[::-1, ::-1])  # input gradient: the same stencil, kernel flipped
+    dk = _stencil_kernel_grad(h, gz)
     dbias = jnp.sum(gz, axis=(0, 1, 2))
     return (dh.astype(h.dtype), dk.astype(kernel.dtype), dbias.astype(bias.dtype), dw.astype(w.dtype),
             db.astype(b.dtype))
