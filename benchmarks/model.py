@@ -206,9 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--steps', type=int, default=5, help='timed steps (after two warm-up steps)')
     parser.add_argument('--threads', type=int, default=2, help='CPU cores for each framework')
     parser.add_argument('--frameworks', default='jax,torch', help='jax, torch or both')
-    parser.add_argument('--blocks', choices=('scan', 'unroll'), default='unroll',
-                        help="JAX block stacks: 'unroll' (fast on CPU, the default) or 'scan' (fast compile)")
-    parser.add_argument('--remat', action='store_true', help='JAX: recompute block activations in the backward pass')
+    parser.add_argument('--jax-modes', default='scan+remat,scan',
+                        help="JAX block-stack forms to time, comma-separated: 'scan' (one compiled body per "
+                             "stack), 'unroll' (Python loop: slow compile), each optionally '+remat' "
+                             '(recompute block activations in the backward pass)')
     parser.add_argument('--quick', action='store_true', help='smoke run: aggpose_tiny, batch 2, 1 step, no write')
     parser.add_argument('--no-write', action='store_true', help='print only; do not update BENCHMARKS.md')
     args = parser.parse_args(argv)
@@ -229,14 +230,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     from aggpose_jax.models.aggpose import get_model_config
     rows = []
     load_before = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
+    modes = args.jax_modes.split(',')
+    for mode in modes:
+        if mode.split('+')[0] not in ('scan', 'unroll') or mode.split('+')[1:] not in ([], ['remat']):
+            parser.error(f'--jax-modes: unknown mode {mode!r}')
     for variant in args.variants.split(','):
-        config = get_model_config(variant, unroll_blocks=args.blocks == 'unroll', remat=args.remat)
-        params = init_params(config)
+        params = init_params(get_model_config(variant))
         for framework in frameworks:
-            bench = bench_jax if framework == 'jax' else bench_torch
-            result = bench(config, params, args.batch, args.steps)
-            print(f'{variant} {framework}: ' + ', '.join(f'{k}={v:.2f}' for k, v in result.items()), flush=True)
-            rows.append((variant, 'JAX' if framework == 'jax' else 'PyTorch (reference)', result))
+            for mode in (modes if framework == 'jax' else ['eager']):
+                if framework == 'jax':
+                    config = get_model_config(variant, unroll_blocks=mode.startswith('unroll'),
+                                              remat=mode.endswith('+remat'))
+                    result, label = bench_jax(config, params, args.batch, args.steps), f'JAX ({mode})'
+                else:
+                    config = get_model_config(variant)
+                    result, label = bench_torch(config, params, args.batch, args.steps), 'PyTorch (reference)'
+                print(f'{variant} {label}: ' + ', '.join(f'{k}={v:.2f}' for k, v in result.items()), flush=True)
+                rows.append((variant, label, result))
     load_after = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
     table = _table(rows)
     h, w = get_model_config(args.variants.split(',')[0]).image_size
@@ -244,7 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f'{args.batch}, {args.steps} timed steps after {WARMUP} warm-up steps; train step = forward with '
             f'drop-path, joints-MSE loss, backward, AdamW.\n\nRun of {_machine(args.threads)}; load average {load_before:.2f} '
             f'before, {load_after:.2f} after.\n\n{table}\n\nReproduce: `python benchmarks/model.py '
-            f'--variants {args.variants} --batch {args.batch} --steps {args.steps} --threads {args.threads}`')
+            f'--variants {args.variants} --batch {args.batch} --steps {args.steps} --threads {args.threads} '
+            f'--jax-modes {args.jax_modes}`')
     print()
     print(body)
     if not args.no_write:

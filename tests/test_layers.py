@@ -87,3 +87,24 @@ def test_strided_patch_conv_matches_the_convolution_with_gradients(size, ratio):
     ours, ref = grads(strided_patch_conv), grads(lambda layer, x: layer(x))
     for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
         assert _rel(a, b) < 1e-5
+
+
+def test_materialise_small_leaves_is_exact_and_passes_gradients():
+    from aggpose_jax.models.layers import materialise_small_leaves
+
+    rng = np.random.default_rng(3)
+    tree = {'scale': jnp.asarray(rng.standard_normal(7), jnp.float32),
+            'kernel': jnp.asarray(rng.standard_normal((3, 3, 5)), jnp.float32),
+            'big': jnp.asarray(rng.standard_normal((300, 200)), jnp.float32),  # above max_size: untouched
+            'half': jnp.asarray(rng.standard_normal(3), jnp.bfloat16),
+            'count': jnp.arange(4)}
+    out = jax.jit(materialise_small_leaves, static_argnums=1)(tree, 1000)
+    for name in tree:
+        assert out[name].dtype == tree[name].dtype and out[name].shape == tree[name].shape
+        np.testing.assert_array_equal(np.asarray(out[name], np.float32), np.asarray(tree[name], np.float32))
+    weights = {k: v for k, v in tree.items() if k != 'count'}
+    grads = jax.grad(lambda t: sum(jnp.sum(jnp.cos(v.astype(jnp.float32)))
+                                   for v in materialise_small_leaves(t, 1000).values()))(weights)
+    for name, value in weights.items():
+        np.testing.assert_allclose(np.asarray(grads[name], np.float32),
+                                   -np.sin(np.asarray(value, np.float32)), rtol=1e-2 if name == 'half' else 1e-6)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -112,22 +113,6 @@ def _gelu32_grad(z: jax.Array) -> jax.Array:
     return _normal_cdf(z) + z * jnp.exp(-0.5 * z * z) * (1.0 / math.sqrt(2.0 * math.pi))
 
 
-def _materialised_taps(kernel: jax.Array, bias: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``kernel`` (3, 3, C) and ``bias`` (C,) in float32, on CPU passed through an exact identity matmul.
-
-    Inside a scanned stack both are dynamic slices of the stacked parameters; XLA:CPU fuses those slices
-    into the stencil and recomputes them for every output element (2-3x slower). A dot's output is
-    always materialised, so the stencil then reads plain arrays. Elsewhere this is the identity.
-    """
-    taps = jnp.concatenate([kernel.reshape(9, -1), bias[None]], axis=0).astype(jnp.float32)
-
-    def through_dot(t: jax.Array) -> jax.Array:
-        return jnp.matmul(jnp.eye(10, dtype=jnp.float32), t, precision=jax.lax.Precision.HIGHEST)
-
-    taps = jax.lax.platform_dependent(taps, cpu=through_dot, default=lambda t: t)
-    return taps[:9].reshape(kernel.shape), taps[9]
-
-
 def _conv_gelu(h: jax.Array, kernel: jax.Array, bias: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(pre-activation z in float32, GELU(z) in ``h.dtype``) for the depthwise 3x3 conv + bias of ``h``."""
     z = _shift_sum3x3(h, kernel) + bias.astype(jnp.float32)
@@ -171,7 +156,7 @@ def conv_gelu_linear(h: jax.Array, kernel: jax.Array, bias: jax.Array, w: jax.Ar
     per MixFFN; the backward pass recomputes the conv and GELU from ``h`` (autodiff would store the
     pre-activation and the GELU output, and XLA:CPU re-emits the stencil into every residual write).
     """
-    _, y = _conv_gelu(h, *_materialised_taps(kernel, bias))
+    _, y = _conv_gelu(h, kernel, bias)
     out = y.reshape(-1, y.shape[-1]) @ w + b
     return out.reshape(*h.shape[:-1], w.shape[-1])
 
@@ -184,14 +169,13 @@ def _conv_gelu_linear_fwd(h: jax.Array, kernel: jax.Array, bias: jax.Array, w: j
 def _conv_gelu_linear_bwd(res: tuple, g: jax.Array) -> tuple[jax.Array, ...]:
     h, kernel, bias, w, b = res
     rows = g.size // g.shape[-1]
-    taps, shift = _materialised_taps(kernel, bias)
-    z, y = _conv_gelu(h, taps, shift)
+    z, y = _conv_gelu(h, kernel, bias)
     g2 = g.reshape(rows, g.shape[-1])
     dw = y.reshape(rows, -1).T @ g2
     db = jnp.sum(g2.astype(jnp.float32), axis=0)
     dy = (g2 @ w.T).reshape(h.shape)
     gz = dy.astype(jnp.float32) * _gelu32_grad(z)
-    dh = _shift_sum3x3(gz, taps[::-1, ::-1])  # input gradient: the same stencil, kernel flipped
+    dh = _shift_sum3x3(gz, kernel[::-1, ::-1])  # input gradient: the same stencil, kernel flipped
     dk = _stencil_kernel_grad(h, gz)
     dbias = jnp.sum(gz, axis=(0, 1, 2))
     return (dh.astype(h.dtype), dk.astype(kernel.dtype), dbias.astype(bias.dtype), dw.astype(w.dtype),
@@ -300,6 +284,35 @@ class Block(nnx.Module):
         return x + drop_path(self.mlp(self.norm2(x)), drop_rate, k2)
 
 
+def materialise_small_leaves(tree: Any, max_size: int = 1 << 15) -> Any:
+    """``tree`` with its small float leaves (norm scales, biases, depthwise kernels) materialised, on CPU.
+
+    In a scanned stack every parameter is a dynamic slice of the stacked parameters; XLA:CPU fuses
+    those slices into elementwise consumers and recomputes them per output element (2-3x slower
+    layer norms and stencils). The small leaves go, concatenated, through one exact identity matmul,
+    whose output XLA always materialises. Elsewhere (GPU, TPU) the tree is returned unchanged.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    small = [i for i, leaf in enumerate(leaves)
+             if jnp.issubdtype(leaf.dtype, jnp.floating) and leaf.size <= max_size]
+    if not small:
+        return tree
+    flat = jnp.concatenate([leaves[i].reshape(-1).astype(jnp.float32) for i in small])
+    rows = 8
+    flat = jnp.pad(flat, (0, -flat.size % rows)).reshape(rows, -1)
+
+    def through_dot(m: jax.Array) -> jax.Array:
+        return jnp.matmul(jnp.eye(rows, dtype=m.dtype), m, precision=jax.lax.Precision.HIGHEST)
+
+    flat = jax.lax.platform_dependent(flat, cpu=through_dot, default=lambda m: m).reshape(-1)
+    out, offset = list(leaves), 0
+    for i in small:
+        leaf = leaves[i]
+        out[i] = flat[offset:offset + leaf.size].reshape(leaf.shape).astype(leaf.dtype)
+        offset += leaf.size
+    return jax.tree.unflatten(treedef, out)
+
+
 class BlockStack(nnx.Module):
     """``num_blocks`` identical blocks run with ``jax.lax.scan``: one compiled body whatever the depth.
 
@@ -332,6 +345,7 @@ class BlockStack(nnx.Module):
 
         def body(carry: jax.Array, xs: tuple) -> tuple[jax.Array, None]:
             layer_params, rate, layer_key = xs
+            layer_params = materialise_small_leaves(layer_params)
             return nnx.merge(graphdef, layer_params)(carry, rate, layer_key), None
 
         if self.remat:
