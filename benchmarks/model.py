@@ -6,6 +6,7 @@ seconds are measured ahead of time (trace + lower + compile); PyTorch runs eager
 
     python benchmarks/model.py                      # AggPose-L and -S, batch 8, 256x192; updates BENCHMARKS.md
     python benchmarks/model.py --quick              # smoke run: aggpose_tiny, batch 2, 1 step, nothing written
+    python benchmarks/model.py --flops              # forward GFLOPs per image (XLA cost analysis), L and S
 
 Run it on a quiet machine: the full run takes several minutes of both cores.
 """
@@ -14,9 +15,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
+import json
 import os
 import pathlib
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -120,6 +124,26 @@ def bench_jax(config: Any, params: dict, batch: int, steps: int) -> dict[str, fl
     return out
 
 
+def xla_flops(config: Any) -> float:
+    """Forward FLOPs per image from XLA's cost analysis (blocks unrolled: XLA counts a loop body once)."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from aggpose_jax.models.aggpose import AggPose
+
+    config = dataclasses.replace(config, unroll_blocks=True, remat=False)
+    model = nnx.eval_shape(lambda: AggPose(config, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    images = jax.ShapeDtypeStruct((1, *config.image_size, 3), jnp.float32)
+    compiled = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, images).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost['flops'])
+
+
 def bench_torch(config: Any, params: dict, batch: int, steps: int) -> dict[str, float]:
     import torch
 
@@ -199,6 +223,22 @@ def write_section(path: pathlib.Path, body: str) -> None:
     path.write_text(text)
 
 
+def _run_one(variant: str, framework: str, mode: str, *, batch: int, steps: int, threads: int) -> int:
+    """Time one (variant, framework, mode) in this process; print the result as JSON on the last line."""
+    from aggpose_jax.models.aggpose import get_model_config
+
+    params = init_params(get_model_config(variant))
+    if framework == 'jax':
+        config = get_model_config(variant, unroll_blocks=mode.startswith('unroll'), remat=mode.endswith('+remat'))
+        result = bench_jax(config, params, batch, steps)
+    else:
+        import torch
+        torch.set_num_threads(threads)
+        result = bench_torch(get_model_config(variant), params, batch, steps)
+    print(json.dumps(result))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--variants', default='aggpose_l,aggpose_s', help='comma-separated model variants')
@@ -210,24 +250,31 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="JAX block-stack forms to time, comma-separated: 'scan' (one compiled body per "
                              "stack), 'unroll' (Python loop: slow compile), each optionally '+remat' "
                              '(recompute block activations in the backward pass)')
+    parser.add_argument('--flops', action='store_true',
+                        help="only print each variant's forward GFLOPs per image (XLA cost analysis), then exit")
     parser.add_argument('--quick', action='store_true', help='smoke run: aggpose_tiny, batch 2, 1 step, no write')
     parser.add_argument('--no-write', action='store_true', help='print only; do not update BENCHMARKS.md')
+    parser.add_argument('--one', nargs=3, metavar=('VARIANT', 'FRAMEWORK', 'MODE'), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.variants, args.batch, args.steps, args.no_write = 'aggpose_tiny', 2, 1, True
     if hasattr(os, 'sched_setaffinity'):
         cores = sorted(os.sched_getaffinity(0))[:args.threads]
         os.sched_setaffinity(0, cores)
+    if args.one:
+        return _run_one(*args.one, batch=args.batch, steps=args.steps, threads=args.threads)
     frameworks = args.frameworks.split(',')
-    if 'torch' in frameworks:
-        try:
-            import torch
-            torch.set_num_threads(args.threads)
-        except ImportError:
-            print('torch is not installed: benchmarking JAX only', file=sys.stderr)
-            frameworks = [f for f in frameworks if f != 'torch']
+    if 'torch' in frameworks and importlib.util.find_spec('torch') is None:
+        print('torch is not installed: benchmarking JAX only', file=sys.stderr)
+        frameworks = [f for f in frameworks if f != 'torch']
 
     from aggpose_jax.models.aggpose import get_model_config
+    if args.flops:
+        for variant in args.variants.split(','):
+            config = get_model_config(variant)
+            h, w = config.image_size
+            print(f'{variant}: {xla_flops(config) / 1e9:.2f} GFLOPs per {h}x{w} image (forward, XLA cost analysis)')
+        return 0
     rows = []
     load_before = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
     modes = args.jax_modes.split(',')
@@ -235,16 +282,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if mode.split('+')[0] not in ('scan', 'unroll') or mode.split('+')[1:] not in ([], ['remat']):
             parser.error(f'--jax-modes: unknown mode {mode!r}')
     for variant in args.variants.split(','):
-        params = init_params(get_model_config(variant))
         for framework in frameworks:
             for mode in (modes if framework == 'jax' else ['eager']):
-                if framework == 'jax':
-                    config = get_model_config(variant, unroll_blocks=mode.startswith('unroll'),
-                                              remat=mode.endswith('+remat'))
-                    result, label = bench_jax(config, params, args.batch, args.steps), f'JAX ({mode})'
-                else:
-                    config = get_model_config(variant)
-                    result, label = bench_torch(config, params, args.batch, args.steps), 'PyTorch (reference)'
+                # A fresh process for each measurement: neither framework's threads, allocator state or
+                # imports (torch brings its own OpenMP runtime) may touch the other's figures.
+                cmd = [sys.executable, __file__, '--one', variant, framework, mode, '--batch', str(args.batch),
+                       '--steps', str(args.steps), '--threads', str(args.threads)]
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                if proc.returncode != 0:
+                    sys.stderr.write(proc.stderr[-3000:])
+                    raise SystemExit(f'benchmark of {variant} {framework} {mode} failed (exit {proc.returncode})')
+                result = json.loads(proc.stdout.strip().splitlines()[-1])
+                label = f'JAX ({mode})' if framework == 'jax' else 'PyTorch (reference)'
                 print(f'{variant} {label}: ' + ', '.join(f'{k}={v:.2f}' for k, v in result.items()), flush=True)
                 rows.append((variant, label, result))
     load_after = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')

@@ -101,6 +101,23 @@ def test_bad_images_are_skipped_and_counted():
     assert ld.corrupt_images() == {"img_1_2.jpg": 2, "img_1_5.jpg": 2}
 
 
+def test_bad_image_reports_are_removed_when_the_process_exits(tmp_path):
+    script = textwrap.dedent("""
+        import os, sys
+        sys.path.insert(0, sys.argv[1])
+        import test_pipeline as tp
+        ld = tp.loader(tp.make_records(6, seed=3, bad=(1,)), data_config=tp.data_config(tp.NO_AUG), train=True,
+                       batch_size=1, seed=0, num_epochs=1, prefetch=0)
+        assert sum(1 for _ in iter(ld)) == 5 and ld.corrupt_images() == {"img_3_1.jpg": 1}
+        assert os.path.isdir(ld.report_dir)
+        print(ld.report_dir)
+    """)
+    out = subprocess.run([sys.executable, "-c", script, os.path.dirname(__file__)], capture_output=True,
+                         text=True, check=True, timeout=300)
+    report_dir = out.stdout.strip().splitlines()[-1]
+    assert "aggpose_bad_images_" in report_dir and not os.path.exists(report_dir)
+
+
 def test_eval_batches_are_padded_and_masked():
     recs = make_records(10, seed=2, bad=(4,))
     batches = list(iter(loader(recs, train=False, batch_size=4, prefetch=0)))

@@ -40,6 +40,7 @@ import functools
 import glob
 import json
 import os
+import shutil
 import tempfile
 import uuid
 import weakref
@@ -226,7 +227,15 @@ def make_loader(
                             worker_init_fn=_worker_init)
     elif prefetch > 0:
         it = grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=prefetch)
+    # The skipped-image reports are removed when this process exits (not with the loader: an iterator
+    # may outlive it, and its workers may still be writing).
+    atexit.register(_remove_report_dir, report_dir, os.getpid())
     return Loader(it, batch_size, num_records, train, report_dir)
+
+
+def _remove_report_dir(path: str, owner_pid: int) -> None:
+    if os.getpid() == owner_pid:  # never from a forked worker that inherited the finaliser
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def make_source(data_config: Any, split: str) -> Any:
