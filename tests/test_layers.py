@@ -108,3 +108,18 @@ def test_materialise_small_leaves_is_exact_and_passes_gradients():
     for name, value in weights.items():
         np.testing.assert_allclose(np.asarray(grads[name], np.float32),
                                    -np.sin(np.asarray(value, np.float32)), rtol=1e-2 if name == 'half' else 1e-6)
+
+
+def test_both_depthwise_kernel_gradient_forms_agree():
+    """The batched form (GPU/TPU branch of ``platform_dependent``) against the per-sample CPU form."""
+    from aggpose_jax.models.layers import _kernel_grad_batched, _kernel_grad_per_sample
+
+    rng = np.random.default_rng(4)
+    h = jnp.asarray(rng.standard_normal((3, 5, 4, 6)), jnp.float32)
+    gz = jnp.asarray(rng.standard_normal((3, 5, 4, 6)), jnp.float32)
+    batched, per_sample = jax.jit(_kernel_grad_batched)(h, gz), jax.jit(_kernel_grad_per_sample)(h, gz)
+    assert batched.shape == (3, 3, 6)
+    # dk[a, b] pairs h shifted by (a - 1, b - 1) with gz: check one tap against numpy directly
+    hp = np.pad(np.asarray(h), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    np.testing.assert_allclose(batched[0, 2], (hp[:, 0:5, 2:6] * np.asarray(gz)).sum(axis=(0, 1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(per_sample, batched, rtol=1e-5, atol=1e-6)
