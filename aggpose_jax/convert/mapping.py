@@ -45,28 +45,23 @@ def _shape_of(value: Any) -> tuple[int, ...]:
     return tuple(int(s) for s in value)
 
 
+# Flax -> torch axis order by rank: Linear (in, out) -> (out, in); Conv (H, W, in, out) -> (out, in, H, W).
+_TO_TORCH_AXES = {2: (1, 0), 4: (3, 2, 0, 1)}
+
+
 def _to_torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    if len(shape) == 2:
-        return shape[1], shape[0]
-    if len(shape) == 4:
-        return shape[3], shape[2], shape[0], shape[1]
-    return shape
+    axes = _TO_TORCH_AXES.get(len(shape))
+    return shape if axes is None else tuple(shape[i] for i in axes)
 
 
 def _to_torch_array(array: np.ndarray) -> np.ndarray:
-    if array.ndim == 2:
-        return array.T
-    if array.ndim == 4:
-        return array.transpose(3, 2, 0, 1)
-    return array
+    axes = _TO_TORCH_AXES.get(array.ndim)
+    return array if axes is None else array.transpose(axes)
 
 
 def _to_flax_array(array: np.ndarray) -> np.ndarray:
-    if array.ndim == 2:
-        return array.T
-    if array.ndim == 4:
-        return array.transpose(2, 3, 1, 0)
-    return array
+    axes = _TO_TORCH_AXES.get(array.ndim)
+    return array if axes is None else array.transpose(np.argsort(axes))
 
 
 @functools.lru_cache(maxsize=8)
