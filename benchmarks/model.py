@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 START, END = '<!-- model-benchmark:start -->', '<!-- model-benchmark:end -->'
 
 
+TORCH_LABEL = 'PyTorch (reference)'
 WARMUP = 2  # PyTorch (oneDNN) needs two calls before its primitives are cached
 
 
@@ -199,16 +200,37 @@ def _machine(threads: int) -> str:
             f'framework), {platform.system()} {platform.release()}; {", ".join(versions)}')
 
 
-def _table(rows: list[tuple[str, str, dict[str, float]]]) -> str:
+def _median_range(values: Sequence[float], digits: int = 2) -> str:
+    """``median`` for one value, ``median (min-max)`` for several."""
+    if len(values) == 1:
+        return f'{values[0]:.{digits}f}'
+    return f'{np.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})'
+
+
+def _table(rows: dict[tuple[str, str], list[dict[str, float]]]) -> str:
+    """One line per (variant, framework); several rounds give the median and the range."""
     lines = ['| variant | framework | forward img/s | train step img/s | forward compile s | train step compile s |',
              '|---|---|---|---|---|---|']
+    for (variant, framework), results in rows.items():
+        cells = []
+        for key, digits in (('forward_img_s', 2), ('train_img_s', 2), ('forward_compile_s', 1),
+                            ('train_compile_s', 1)):
+            values = [r[key] for r in results if key in r]
+            cells.append(_median_range(values, digits) if values else '—')
+        lines.append(f'| {variant} | {framework} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
 
-    def fmt(value: float | None, digits: int = 2) -> str:
-        return '—' if value is None else f'{value:.{digits}f}'
 
-    for variant, framework, r in rows:
-        lines.append(f'| {variant} | {framework} | {fmt(r.get("forward_img_s"))} | {fmt(r.get("train_img_s"))} | '
-                     f'{fmt(r.get("forward_compile_s"), 1)} | {fmt(r.get("train_compile_s"), 1)} |')
+def _ratios(rows: dict[tuple[str, str], list[dict[str, float]]]) -> str:
+    """JAX / PyTorch throughput per round (each pair measured minutes apart), as median (range)."""
+    lines = []
+    for (variant, framework), results in rows.items():
+        reference = rows.get((variant, TORCH_LABEL))
+        if framework == TORCH_LABEL or not reference:
+            continue
+        for key, name in (('train_img_s', 'train step'), ('forward_img_s', 'forward')):
+            ratios = [j[key] / t[key] for j, t in zip(results, reference)]
+            lines.append(f'- {variant}, {framework} / PyTorch, {name}: {_median_range(ratios)}x')
     return '\n'.join(lines)
 
 
@@ -245,6 +267,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--batch', type=int, default=8)
     parser.add_argument('--steps', type=int, default=5, help='timed steps (after two warm-up steps)')
     parser.add_argument('--threads', type=int, default=2, help='CPU cores for each framework')
+    parser.add_argument('--rounds', type=int, default=1,
+                        help='repeat the whole sweep this many times, alternating the rows; report the median '
+                             'and range of each figure and of the per-round JAX/PyTorch ratios (a shared '
+                             "machine's speed drifts by +-15%% over minutes)")
     parser.add_argument('--frameworks', default='jax,torch', help='jax, torch or both')
     parser.add_argument('--jax-modes', default='scan+remat,scan',
                         help="JAX block-stack forms to time, comma-separated: 'scan' (one compiled body per "
@@ -275,36 +301,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             h, w = config.image_size
             print(f'{variant}: {xla_flops(config) / 1e9:.2f} GFLOPs per {h}x{w} image (forward, XLA cost analysis)')
         return 0
-    rows = []
+    rows: dict[tuple[str, str], list[dict[str, float]]] = {}
     load_before = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
     modes = args.jax_modes.split(',')
     for mode in modes:
         if mode.split('+')[0] not in ('scan', 'unroll') or mode.split('+')[1:] not in ([], ['remat']):
             parser.error(f'--jax-modes: unknown mode {mode!r}')
-    for variant in args.variants.split(','):
-        for framework in frameworks:
-            for mode in (modes if framework == 'jax' else ['eager']):
-                # A fresh process for each measurement: neither framework's threads, allocator state or
-                # imports (torch brings its own OpenMP runtime) may touch the other's figures.
-                cmd = [sys.executable, __file__, '--one', variant, framework, mode, '--batch', str(args.batch),
-                       '--steps', str(args.steps), '--threads', str(args.threads)]
-                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-                if proc.returncode != 0:
-                    sys.stderr.write(proc.stderr[-3000:])
-                    raise SystemExit(f'benchmark of {variant} {framework} {mode} failed (exit {proc.returncode})')
-                result = json.loads(proc.stdout.strip().splitlines()[-1])
-                label = f'JAX ({mode})' if framework == 'jax' else 'PyTorch (reference)'
-                print(f'{variant} {label}: ' + ', '.join(f'{k}={v:.2f}' for k, v in result.items()), flush=True)
-                rows.append((variant, label, result))
+    if args.rounds < 1:
+        parser.error('--rounds must be >= 1')
+    for round_ in range(args.rounds):
+        for variant in args.variants.split(','):
+            for framework in frameworks:
+                for mode in (modes if framework == 'jax' else ['eager']):
+                    # A fresh process for each measurement: neither framework's threads, allocator state or
+                    # imports (torch brings its own OpenMP runtime) may touch the other's figures.
+                    cmd = [sys.executable, __file__, '--one', variant, framework, mode, '--batch', str(args.batch),
+                           '--steps', str(args.steps), '--threads', str(args.threads)]
+                    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                    if proc.returncode != 0:
+                        sys.stderr.write(proc.stderr[-3000:])
+                        raise SystemExit(f'benchmark of {variant} {framework} {mode} failed (exit {proc.returncode})')
+                    result = json.loads(proc.stdout.strip().splitlines()[-1])
+                    label = f'JAX ({mode})' if framework == 'jax' else TORCH_LABEL
+                    print(f'round {round_ + 1}/{args.rounds}, {variant} {label}: '
+                          + ', '.join(f'{k}={v:.2f}' for k, v in result.items()), flush=True)
+                    rows.setdefault((variant, label), []).append(result)
     load_after = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
     table = _table(rows)
+    ratios = _ratios(rows)
     h, w = get_model_config(args.variants.split(',')[0]).image_size
+    rounds = (f'; {args.rounds} rounds of all rows in turn, each figure the median (min-max)' if args.rounds > 1
+              else '')
     body = (f'CPU, float32, {h}x{w} input, batch '
-            f'{args.batch}, {args.steps} timed steps after {WARMUP} warm-up steps; train step = forward with '
+            f'{args.batch}, {args.steps} timed steps after {WARMUP} warm-up steps{rounds}; train step = forward with '
             f'drop-path, joints-MSE loss, backward, AdamW.\n\nRun of {_machine(args.threads)}; load average {load_before:.2f} '
-            f'before, {load_after:.2f} after.\n\n{table}\n\nReproduce: `python benchmarks/model.py '
-            f'--variants {args.variants} --batch {args.batch} --steps {args.steps} --threads {args.threads} '
-            f'--jax-modes {args.jax_modes}`')
+            f'before, {load_after:.2f} after.\n\n{table}\n\n' + (f'Same-round ratios:\n\n{ratios}\n\n' if ratios else '')
+            + f'Reproduce: `python benchmarks/model.py --variants {args.variants} --batch {args.batch} --steps '
+            f'{args.steps} --threads {args.threads} --jax-modes {args.jax_modes} --rounds {args.rounds}`')
     print()
     print(body)
     if not args.no_write:
