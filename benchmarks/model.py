@@ -222,7 +222,7 @@ def _table(rows: dict[tuple[str, str], list[dict[str, float]]]) -> str:
 
 
 def _ratios(rows: dict[tuple[str, str], list[dict[str, float]]]) -> str:
-    """JAX / PyTorch throughput per round (each pair measured minutes apart), as median (range)."""
+    """JAX / PyTorch throughput within each round, as median (range) over the rounds."""
     lines = []
     for (variant, framework), results in rows.items():
         reference = rows.get((variant, TORCH_LABEL))
@@ -259,6 +259,18 @@ def _run_one(variant: str, framework: str, mode: str, *, batch: int, steps: int,
         result = bench_torch(get_model_config(variant), params, batch, steps)
     print(json.dumps(result))
     return 0
+
+
+def _measure_in_subprocess(variant: str, framework: str, mode: str, args: argparse.Namespace) -> dict[str, float]:
+    """:func:`_run_one` in a fresh process: neither framework's threads, allocator state or imports (torch
+    brings its own OpenMP runtime) may touch the other's figures."""
+    cmd = [sys.executable, __file__, '--one', variant, framework, mode, '--batch', str(args.batch),
+           '--steps', str(args.steps), '--threads', str(args.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-3000:])
+        raise SystemExit(f'benchmark of {variant} {framework} {mode} failed (exit {proc.returncode})')
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -313,15 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for variant in args.variants.split(','):
             for framework in frameworks:
                 for mode in (modes if framework == 'jax' else ['eager']):
-                    # A fresh process for each measurement: neither framework's threads, allocator state or
-                    # imports (torch brings its own OpenMP runtime) may touch the other's figures.
-                    cmd = [sys.executable, __file__, '--one', variant, framework, mode, '--batch', str(args.batch),
-                           '--steps', str(args.steps), '--threads', str(args.threads)]
-                    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-                    if proc.returncode != 0:
-                        sys.stderr.write(proc.stderr[-3000:])
-                        raise SystemExit(f'benchmark of {variant} {framework} {mode} failed (exit {proc.returncode})')
-                    result = json.loads(proc.stdout.strip().splitlines()[-1])
+                    result = _measure_in_subprocess(variant, framework, mode, args)
                     label = f'JAX ({mode})' if framework == 'jax' else TORCH_LABEL
                     print(f'round {round_ + 1}/{args.rounds}, {variant} {label}: '
                           + ', '.join(f'{k}={v:.2f}' for k, v in result.items()), flush=True)
