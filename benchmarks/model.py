@@ -7,6 +7,7 @@ seconds are measured ahead of time (trace + lower + compile); PyTorch runs eager
     python benchmarks/model.py                      # AggPose-L and -S, batch 8, 256x192; updates BENCHMARKS.md
     python benchmarks/model.py --quick              # smoke run: aggpose_tiny, batch 2, 1 step, nothing written
     python benchmarks/model.py --flops              # forward GFLOPs per image (XLA cost analysis), L and S
+    python benchmarks/model.py --steps 3 --rounds 3 # all rows 3 times in turn: medians, ranges, same-round ratios
 
 Run it on a quiet machine: the full run takes several minutes of both cores.
 """
@@ -31,8 +32,6 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 START, END = '<!-- model-benchmark:start -->', '<!-- model-benchmark:end -->'
-
-
 TORCH_LABEL = 'PyTorch (reference)'
 WARMUP = 2  # PyTorch (oneDNN) needs two calls before its primitives are cached
 
