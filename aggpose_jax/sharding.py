@@ -13,9 +13,10 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-DATA_AXIS = 'data'
+DATA_AXIS = "data"
 
 
 def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
@@ -46,12 +47,12 @@ def fsdp_spec(shape: tuple[int, ...], num_shards: int, min_size: int) -> P:
     return P()
 
 
-def state_shardings(abstract_state: Any, mesh: Mesh, *, fsdp: bool = False, min_size: int = 2 ** 18) -> Any:
+def state_shardings(abstract_state: Any, mesh: Mesh, *, fsdp: bool = False, min_size: int = 2**18) -> Any:
     """A pytree of ``NamedSharding`` matching ``abstract_state`` (leaves with ``.shape``)."""
     n = mesh.devices.size
 
     def one(leaf: Any) -> NamedSharding:
-        shape = tuple(getattr(leaf, 'shape', ()))
+        shape = tuple(getattr(leaf, "shape", ()))
         return NamedSharding(mesh, fsdp_spec(shape, n, min_size) if fsdp else P())
 
     return jax.tree.map(one, abstract_state)
@@ -73,14 +74,24 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
     return {k: one(v) for k, v in local_batch.items()}
 
 
-def check_batch_size(global_batch_size: int, mesh: Mesh, field: str = 'config.train.batch_size') -> int:
+def check_batch_size(global_batch_size: int, mesh: Mesh, field: str = "config.train.batch_size") -> int:
     """Per-process batch size; raises naming ``field`` unless the batch splits evenly."""
     ndev, nproc = mesh.devices.size, jax.process_count()
     if global_batch_size <= 0 or global_batch_size % ndev or global_batch_size % nproc:
-        raise ValueError(f'{field}: the global batch size ({global_batch_size}) must be a positive multiple '
-                         f'of the device count ({ndev}) and of the process count ({nproc})')
+        raise ValueError(
+            f"{field}: the global batch size ({global_batch_size}) must be a positive multiple "
+            f"of the device count ({ndev}) and of the process count ({nproc})"
+        )
     return global_batch_size // nproc
 
 
-__all__ = ['DATA_AXIS', 'make_mesh', 'replicated', 'batch_sharding', 'fsdp_spec', 'state_shardings',
-           'global_batch', 'check_batch_size']
+__all__ = [
+    "DATA_AXIS",
+    "make_mesh",
+    "replicated",
+    "batch_sharding",
+    "fsdp_spec",
+    "state_shardings",
+    "global_batch",
+    "check_batch_size",
+]

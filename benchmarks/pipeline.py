@@ -29,10 +29,24 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from aggpose_jax.data import pipeline as P  # noqa: E402
 from aggpose_jax.data import transforms as T  # noqa: E402
-from aggpose_jax.keypoints import get_keypoint_set  # noqa: E402
+from aggpose_jax.pose.keypoints import get_keypoint_set  # noqa: E402
 
-COCO_LIMBS = [(15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7),
-              (6, 8), (7, 9), (8, 10), (0, 5), (0, 6)]
+COCO_LIMBS = [
+    (15, 13),
+    (13, 11),
+    (16, 14),
+    (14, 12),
+    (11, 12),
+    (5, 11),
+    (6, 12),
+    (5, 6),
+    (5, 7),
+    (6, 8),
+    (7, 9),
+    (8, 10),
+    (0, 5),
+    (0, 6),
+]
 
 
 def synthetic_records(n_images: int, seed: int = 0) -> list[dict]:
@@ -47,10 +61,27 @@ def synthetic_records(n_images: int, seed: int = 0) -> list[dict]:
         for _ in range(int(rng.integers(1, 4))):
             h = rng.uniform(150, 400)
             x0, y0 = rng.uniform(0, 640 - h * 0.5), rng.uniform(0, 480 - h * 0.9)
-            base = np.array([[0.5, 0.08], [0.45, 0.06], [0.55, 0.06], [0.4, 0.08], [0.6, 0.08],
-                             [0.3, 0.2], [0.7, 0.2], [0.2, 0.38], [0.8, 0.38], [0.15, 0.55],
-                             [0.85, 0.55], [0.38, 0.55], [0.62, 0.55], [0.36, 0.78], [0.64, 0.78],
-                             [0.35, 0.98], [0.65, 0.98]])
+            base = np.array(
+                [
+                    [0.5, 0.08],
+                    [0.45, 0.06],
+                    [0.55, 0.06],
+                    [0.4, 0.08],
+                    [0.6, 0.08],
+                    [0.3, 0.2],
+                    [0.7, 0.2],
+                    [0.2, 0.38],
+                    [0.8, 0.38],
+                    [0.15, 0.55],
+                    [0.85, 0.55],
+                    [0.38, 0.55],
+                    [0.62, 0.55],
+                    [0.36, 0.78],
+                    [0.64, 0.78],
+                    [0.35, 0.98],
+                    [0.65, 0.98],
+                ]
+            )
             joints = base * [h * 0.5, h] + [x0, y0] + rng.normal(0, 4, (17, 2))
             colour = tuple(int(v) for v in rng.integers(0, 256, 3))
             for a, b in COCO_LIMBS:
@@ -61,15 +92,22 @@ def synthetic_records(n_images: int, seed: int = 0) -> list[dict]:
             people.append((kps, np.array([*lo, *(hi - lo)], np.float32)))
         data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
         for kps, box in people:
-            records.append({"image_id": np.int64(i), "image_file": f"{i:06d}.jpg", "image_bytes": data,
-                            "bbox": box, "keypoints": kps, "score": np.float32(1.0),
-                            "area": np.float32(box[2] * box[3])})
+            records.append(
+                {
+                    "image_id": np.int64(i),
+                    "image_file": f"{i:06d}.jpg",
+                    "image_bytes": data,
+                    "bbox": box,
+                    "keypoints": kps,
+                    "score": np.float32(1.0),
+                    "area": np.float32(box[2] * box[3]),
+                }
+            )
     return records
 
 
 def data_config() -> dict:
-    return {"image_size": (256, 192), "heatmap_size": (64, 48), "sigma": 2.0, "num_workers": 0,
-            "aug": {}}
+    return {"image_size": (256, 192), "heatmap_size": (64, 48), "sigma": 2.0, "num_workers": 0, "aug": {}}
 
 
 def cpu_seconds() -> float:
@@ -107,9 +145,18 @@ def plain_loop(records: list[dict], n: int) -> tuple[float, float]:
 
 def grain_loader(records: list[dict], workers: int, n_batches: int, batch: int) -> tuple[float, float]:
     """(samples/s, samples per CPU-second of all processes) of the Grain training loader."""
-    ld = P.make_loader(records, keypoint_set="coco", data_config=data_config(), train=True,
-                       batch_size=batch, seed=0, shard_index=0, shard_count=1,
-                       worker_count=workers, prefetch=2)
+    ld = P.make_loader(
+        records,
+        keypoint_set="coco",
+        data_config=data_config(),
+        train=True,
+        batch_size=batch,
+        seed=0,
+        shard_index=0,
+        shard_count=1,
+        worker_count=workers,
+        prefetch=2,
+    )
     it = iter(ld)
     for _ in range(max(2, workers * 2)):  # start-up: spawn, imports, first batches
         next(it)
@@ -148,22 +195,32 @@ def main() -> None:
     rows = [("plain Python loop (no Grain)", 1, *plain_loop(records, n_plain))]
     for w in (0, 1, 2):
         name = f"Grain loader, {w} worker process{'es' if w != 1 else ''}"
-        rows.append((name + (" (+1 prefetch thread)" if w == 0 else ""), max(w, 1),
-                     *grain_loader(records, w, n_batches, args.batch)))
+        rows.append(
+            (
+                name + (" (+1 prefetch thread)" if w == 0 else ""),
+                max(w, 1),
+                *grain_loader(records, w, n_batches, args.batch),
+            )
+        )
     load1 = os.getloadavg()
     import grain  # noqa: PLC0415
-    header = (f"{datetime.date.today()} | {machine()} | load avg {load0[0]:.2f} -> {load1[0]:.2f} | "
-              f"Python {platform.python_version()}, numpy {np.__version__}, OpenCV {cv2.__version__}, "
-              f"grain {getattr(grain, '__version__', '?')} | {len(records)} people in "
-              f"{len(set(r['image_file'] for r in records))} JPEGs 640x480 q90, mean {mean_kb:.0f} KiB | "
-              f"batch {args.batch} | {'quick' if args.quick else 'full'} run")
+
+    header = (
+        f"{datetime.date.today()} | {machine()} | load avg {load0[0]:.2f} -> {load1[0]:.2f} | "
+        f"Python {platform.python_version()}, numpy {np.__version__}, OpenCV {cv2.__version__}, "
+        f"grain {getattr(grain, '__version__', '?')} | {len(records)} people in "
+        f"{len(set(r['image_file'] for r in records))} JPEGs 640x480 q90, mean {mean_kb:.0f} KiB | "
+        f"batch {args.batch} | {'quick' if args.quick else 'full'} run"
+    )
     print(header)
     print(f"{'mode':62s} {'workers':>7s} {'samples/s':>10s} {'/worker':>8s} {'/CPU-s':>7s}")
     for name, procs, rate, per_cpu in rows:
         print(f"{name:62s} {procs:7d} {rate:10.1f} {rate / procs:8.1f} {per_cpu:7.1f}")
     if args.markdown:
-        print("\n| mode | worker cores | samples/s | samples/s per worker | samples per CPU-second "
-              "(all processes) |\n|---|---|---|---|---|")
+        print(
+            "\n| mode | worker cores | samples/s | samples/s per worker | samples per CPU-second "
+            "(all processes) |\n|---|---|---|---|---|"
+        )
         for name, procs, rate, per_cpu in rows:
             print(f"| {name} | {procs} | {rate:.0f} | {rate / procs:.0f} | {per_cpu:.0f} |")
 

@@ -77,7 +77,7 @@ class Upsample(nn.Module):
         x, h, w = m
         y = self.mlp(x, h, w)
         b, _, c = y.shape
-        y = F.interpolate(y.transpose(1, 2).reshape(b, c, h, w), scale_factor=self.factor, mode='nearest')
+        y = F.interpolate(y.transpose(1, 2).reshape(b, c, h, w), scale_factor=self.factor, mode="nearest")
         return y.flatten(2).transpose(1, 2), h * self.factor, w * self.factor
 
 
@@ -143,16 +143,21 @@ class Block(nn.Module):
 def _normalise_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """Accept ``ModelConfig.to_dict()`` or the fixture's JSON (``J``, ``depths``)."""
     out = dict(config)
-    if 'J' in out:
-        out.setdefault('num_joints', out['J'])
-    return {'dims': tuple(out['dims']), 'heads': tuple(out['heads']), 'sr_ratios': tuple(out['sr_ratios']),
-            'mlp_ratio': float(out['mlp_ratio']), 'num_joints': int(out['num_joints']),
-            'stage_depths': tuple(tuple(r) for r in out['stage_depths']),
-            'drop_path_rate': float(out.get('drop_path_rate', 0.1))}
+    if "J" in out:
+        out.setdefault("num_joints", out["J"])
+    return {
+        "dims": tuple(out["dims"]),
+        "heads": tuple(out["heads"]),
+        "sr_ratios": tuple(out["sr_ratios"]),
+        "mlp_ratio": float(out["mlp_ratio"]),
+        "num_joints": int(out["num_joints"]),
+        "stage_depths": tuple(tuple(r) for r in out["stage_depths"]),
+        "drop_path_rate": float(out.get("drop_path_rate", 0.1)),
+    }
 
 
-def _stack_name(stream: int, stage: int, prefix: str = 'block') -> str:
-    return prefix + (f'{stream}' if stage == stream else f'{stream}_{stage - stream}')
+def _stack_name(stream: int, stage: int, prefix: str = "block") -> str:
+    return prefix + (f"{stream}" if stage == stream else f"{stream}_{stage - stream}")
 
 
 class TorchAggPose(nn.Module):
@@ -161,38 +166,51 @@ class TorchAggPose(nn.Module):
     def __init__(self, config: Mapping[str, Any]):
         super().__init__()
         cfg = self.cfg = _normalise_config(config)
-        d1, d2, d3, d4 = dims = cfg['dims']
+        d1, d2, d3, d4 = dims = cfg["dims"]
         self.patch_embed1 = PatchEmbed(3, d1, 7, 4)
-        self.patch_embed2, self.patch_embed3, self.patch_embed4 = PatchEmbed(d1, d2), PatchEmbed(d2, d3), \
-            PatchEmbed(d3, d4)
+        self.patch_embed2, self.patch_embed3, self.patch_embed4 = (
+            PatchEmbed(d1, d2),
+            PatchEmbed(d2, d3),
+            PatchEmbed(d3, d4),
+        )
         self.patch_embed12 = PatchEmbed(d1, d2)
         self.patch_embed12k, self.patch_embed23k = PatchEmbed(d1, d2), PatchEmbed(d2, d3)
-        self.patch_embed12kk, self.patch_embed23kk, self.patch_embed34kk = \
-            PatchEmbed(d1, d2), PatchEmbed(d2, d3), PatchEmbed(d3, d4)
+        self.patch_embed12kk, self.patch_embed23kk, self.patch_embed34kk = (
+            PatchEmbed(d1, d2),
+            PatchEmbed(d2, d3),
+            PatchEmbed(d3, d4),
+        )
         mix = lambda c_in, c_out: MixFFN(c_in, c_out, c_out)  # noqa: E731
         self.merge_12_1, self.merge_12_2 = mix(2 * d1, d1), mix(2 * d2, d2)
         self.merge_123_1, self.merge_123_2, self.merge_123_3 = mix(2 * d1, d1), mix(3 * d2, d2), mix(2 * d3, d3)
         self.merge_1234_1, self.merge_1234_2 = mix(2 * d1, d1), mix(3 * d2, d2)
         self.merge_1234_3, self.merge_1234_4 = mix(3 * d3, d3), mix(2 * d4, d4)
-        self.final, self.final_layer = mix(4 * d1, d1), MixFFN(d1, d1, cfg['num_joints'])
+        self.final, self.final_layer = mix(4 * d1, d1), MixFFN(d1, d1, cfg["num_joints"])
         self.upsample1_21 = Upsample(d2, d1, 2)
         self.upsample2_21, self.upsample2_32 = Upsample(d2, d1, 2), Upsample(d3, d2, 2)
-        self.upsample3_21, self.upsample3_32, self.upsample3_43 = \
-            Upsample(d2, d1, 2), Upsample(d3, d2, 2), Upsample(d4, d3, 2)
-        self.upsample4_21, self.upsample4_31, self.upsample4_41 = \
-            Upsample(d2, d1, 2), Upsample(d3, d1, 4), Upsample(d4, d1, 8)
+        self.upsample3_21, self.upsample3_32, self.upsample3_43 = (
+            Upsample(d2, d1, 2),
+            Upsample(d3, d2, 2),
+            Upsample(d4, d3, 2),
+        )
+        self.upsample4_21, self.upsample4_31, self.upsample4_41 = (
+            Upsample(d2, d1, 2),
+            Upsample(d3, d1, 4),
+            Upsample(d4, d1, 8),
+        )
         # Drop-path: a ramp over the streams' first stages; later stages reuse their stream's rates.
-        first = [row[0] for row in cfg['stage_depths']]
-        ramp = np.linspace(0.0, cfg['drop_path_rate'], sum(first))
+        first = [row[0] for row in cfg["stage_depths"]]
+        ramp = np.linspace(0.0, cfg["drop_path_rate"], sum(first))
         start = np.cumsum([0] + first[:-1])
         for stage in range(1, 5):
             for stream in range(1, stage + 1):
-                s, n = stream - 1, cfg['stage_depths'][stream - 1][stage - stream]
+                s, n = stream - 1, cfg["stage_depths"][stream - 1][stage - stream]
                 rates = [float(ramp[min(start[s] + i, len(ramp) - 1)]) for i in range(n)]
-                blocks = nn.ModuleList(Block(dims[s], cfg['heads'][s], cfg['mlp_ratio'], cfg['sr_ratios'][s], r)
-                                       for r in rates)
+                blocks = nn.ModuleList(
+                    Block(dims[s], cfg["heads"][s], cfg["mlp_ratio"], cfg["sr_ratios"][s], r) for r in rates
+                )
                 setattr(self, _stack_name(stream, stage), blocks)
-                setattr(self, _stack_name(stream, stage, 'norm'), nn.LayerNorm(dims[s], eps=1e-6))
+                setattr(self, _stack_name(stream, stage, "norm"), nn.LayerNorm(dims[s], eps=1e-6))
         self.apply(self._init)
 
     @staticmethod
@@ -209,7 +227,7 @@ class TorchAggPose(nn.Module):
         x, h, w = m
         for block in getattr(self, _stack_name(stream, stage)):
             x = block(x, h, w)
-        return getattr(self, _stack_name(stream, stage, 'norm'))(x), h, w
+        return getattr(self, _stack_name(stream, stage, "norm"))(x), h, w
 
     @staticmethod
     def _merge(mlp: MixFFN, parts: Sequence[Map]) -> Map:
@@ -221,19 +239,24 @@ class TorchAggPose(nn.Module):
         m2 = self.patch_embed2(m1)
         m1, m2 = self._stage(1, 2, m1), self._stage(2, 2, m2)
         m3 = self.patch_embed3(m2)
-        m1, m2 = (self._merge(self.merge_12_1, [m1, self.upsample1_21(m2)]),
-                  self._merge(self.merge_12_2, [m2, self.patch_embed12(m1)]))
+        m1, m2 = (
+            self._merge(self.merge_12_1, [m1, self.upsample1_21(m2)]),
+            self._merge(self.merge_12_2, [m2, self.patch_embed12(m1)]),
+        )
         m1, m2, m3 = self._stage(1, 3, m1), self._stage(2, 3, m2), self._stage(3, 3, m3)
         m4 = self.patch_embed4(m3)
-        m1, m2, m3 = (self._merge(self.merge_123_1, [m1, self.upsample2_21(m2)]),
-                      self._merge(self.merge_123_2, [self.patch_embed12k(m1), m2, self.upsample2_32(m3)]),
-                      self._merge(self.merge_123_3, [self.patch_embed23k(m2), m3]))
-        m1, m2, m3, m4 = (self._stage(1, 4, m1), self._stage(2, 4, m2), self._stage(3, 4, m3),
-                          self._stage(4, 4, m4))
-        m1, m2, m3, m4 = (self._merge(self.merge_1234_1, [m1, self.upsample3_21(m2)]),
-                          self._merge(self.merge_1234_2, [self.patch_embed12kk(m1), m2, self.upsample3_32(m3)]),
-                          self._merge(self.merge_1234_3, [self.patch_embed23kk(m2), m3, self.upsample3_43(m4)]),
-                          self._merge(self.merge_1234_4, [self.patch_embed34kk(m3), m4]))
+        m1, m2, m3 = (
+            self._merge(self.merge_123_1, [m1, self.upsample2_21(m2)]),
+            self._merge(self.merge_123_2, [self.patch_embed12k(m1), m2, self.upsample2_32(m3)]),
+            self._merge(self.merge_123_3, [self.patch_embed23k(m2), m3]),
+        )
+        m1, m2, m3, m4 = (self._stage(1, 4, m1), self._stage(2, 4, m2), self._stage(3, 4, m3), self._stage(4, 4, m4))
+        m1, m2, m3, m4 = (
+            self._merge(self.merge_1234_1, [m1, self.upsample3_21(m2)]),
+            self._merge(self.merge_1234_2, [self.patch_embed12kk(m1), m2, self.upsample3_32(m3)]),
+            self._merge(self.merge_1234_3, [self.patch_embed23kk(m2), m3, self.upsample3_43(m4)]),
+            self._merge(self.merge_1234_4, [self.patch_embed34kk(m3), m4]),
+        )
         y, h, w = self._merge(self.final, [m1, self.upsample4_21(m2), self.upsample4_31(m3), self.upsample4_41(m4)])
         y = self.final_layer(y, h, w)
         return y.transpose(1, 2).reshape(y.shape[0], -1, h, w)
@@ -241,30 +264,33 @@ class TorchAggPose(nn.Module):
 
 def check_fixture(fixtures: pathlib.Path, tolerance: float = 1e-5) -> float:
     """Load the upstream fixture into TorchAggPose and return the relative L2 error of ``y_nchw``."""
-    config = json.loads((fixtures / 'upstream_tiny17.json').read_text())
+    config = json.loads((fixtures / "upstream_tiny17.json").read_text())
     model = TorchAggPose(config).eval()
-    model.load_state_dict(torch.load(fixtures / 'upstream_tiny17.pth', weights_only=True), strict=True)
-    io = np.load(fixtures / 'upstream_tiny17_io.npz')
+    model.load_state_dict(torch.load(fixtures / "upstream_tiny17.pth", weights_only=True), strict=True)
+    io = np.load(fixtures / "upstream_tiny17_io.npz")
     with torch.no_grad():
-        y = model(torch.from_numpy(io['x_nchw'])).numpy()
-    ref = io['y_nchw']
+        y = model(torch.from_numpy(io["x_nchw"])).numpy()
+    ref = io["y_nchw"]
     rel = float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
     if y.shape != ref.shape or not rel <= tolerance:
-        raise AssertionError(f'TorchAggPose does not reproduce the fixture: shape {y.shape} vs {ref.shape}, '
-                             f'relative L2 error {rel:.3g} > {tolerance}')
+        raise AssertionError(
+            f"TorchAggPose does not reproduce the fixture: shape {y.shape} vs {ref.shape}, "
+            f"relative L2 error {rel:.3g} > {tolerance}"
+        )
     return rel
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--check-fixture', action='store_true', help='reproduce the upstream fixture output')
-    parser.add_argument('--fixtures', type=pathlib.Path,
-                        default=pathlib.Path(__file__).resolve().parent.parent / 'tests' / 'fixtures')
+    parser.add_argument("--check-fixture", action="store_true", help="reproduce the upstream fixture output")
+    parser.add_argument(
+        "--fixtures", type=pathlib.Path, default=pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+    )
     args = parser.parse_args(argv)
     if args.check_fixture:
-        print(f'fixture reproduced: relative L2 error {check_fixture(args.fixtures):.3g}')
+        print(f"fixture reproduced: relative L2 error {check_fixture(args.fixtures):.3g}")
     return 0
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     sys.exit(main())

@@ -9,14 +9,14 @@ pass its WD to the optimizer), batch 32 per GPU x 4 = 128, x0.1 at epochs 170/20
 Gaussian targets sigma 2, flip test, GT boxes. Backbone from MiT-B5 ImageNet weights.
 """
 
-from aggpose_jax.train_config import base_config
+from aggpose_jax.config import base_config
 
 
 def get_config():
     c = base_config()
-    c.model.name = 'aggpose_l'
+    c.model.name = "aggpose_l"
     c.model.drop_path_rate = 0.1
-    c.data.keypoints = 'coco'
+    c.data.keypoints = "coco"
     c.data.image_size = (256, 192)
     c.data.heatmap_size = (64, 48)
     c.data.sigma = 2.0
@@ -24,8 +24,8 @@ def get_config():
     c.data.use_gt_bbox = True  # False: c.data.detections_file = .../COCO_val2017_detections_AP_H_56_person.json
     c.optim.lr = 1e-3
     c.optim.weight_decay = 0.01
-    c.optim.decay_mask = 'all'  # as the release; 'kernels' exempts norms and biases
-    c.optim.schedule = 'multistep'
+    c.optim.decay_mask = "all"  # as the release; 'kernels' exempts norms and biases
+    c.optim.schedule = "multistep"
     c.optim.decay_epochs = (170.0, 200.0, 240.0)
     c.optim.decay_factor = 0.1
     c.optim.warmup_epochs = 0.0
@@ -36,5 +36,5 @@ def get_config():
     c.eval.every_epochs = 10.0
     c.eval.batch_size = 128
     c.eval.flip_test = True
-    c.init.mit_checkpoint = ''  # path to SegFormer's mit_b5.pth
+    c.init.mit_checkpoint = ""  # path to SegFormer's mit_b5.pth
     return c

@@ -4,11 +4,11 @@
         --config.data.root=/data/coco --config.init.mit_checkpoint=mit_b2.pth
 """
 
-from aggpose_jax.train_config import sibling_config
+from aggpose_jax.config import sibling_config
 
 
 def get_config():
-    c = sibling_config(__file__, 'coco_aggpose_l_256x192.py')
-    c.model.name = 'aggpose_s'
-    c.init.mit_checkpoint = ''  # path to SegFormer's mit_b2.pth
+    c = sibling_config(__file__, "coco_aggpose_l_256x192.py")
+    c.model.name = "aggpose_s"
+    c.init.mit_checkpoint = ""  # path to SegFormer's mit_b2.pth
     return c

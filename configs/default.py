@@ -8,17 +8,17 @@ heatmaps. Trains 1000 steps of 16 crops, then evaluates on the synthetic val spl
 test, DARK decoding; AP ~0.6) and draws predictions into <workdir>/eval/step_*/predictions.png.
 """
 
-from aggpose_jax.train_config import base_config
+from aggpose_jax.config import base_config
 
 
 def get_config():
     c = base_config()
     c.seed = 0
-    c.model.name = 'aggpose_tiny'
+    c.model.name = "aggpose_tiny"
     c.model.drop_path_rate = 0.0
     c.model.unroll_blocks = True  # XLA:CPU differentiates scanned blocks much more slowly
-    c.data.root = ''  # generate <workdir>/synthetic
-    c.data.keypoints = 'coco'
+    c.data.root = ""  # generate <workdir>/synthetic
+    c.data.keypoints = "coco"
     c.data.image_size = (128, 96)
     c.data.heatmap_size = (32, 24)
     c.data.sigma = 1.5
@@ -31,8 +31,8 @@ def get_config():
     # A small batch and a high rate: the fastest way out of the initial all-zero-heatmap plateau on CPU.
     c.optim.lr = 5e-3
     c.optim.weight_decay = 1e-4
-    c.optim.decay_mask = 'kernels'
-    c.optim.schedule = 'cosine'
+    c.optim.decay_mask = "kernels"
+    c.optim.schedule = "cosine"
     c.optim.warmup_epochs = 0.2
     c.optim.grad_clip_norm = 1.0
     c.train.batch_size = 16

@@ -10,16 +10,16 @@ x0.1 at epochs 50 and 80 of 100, batch 128, half-body augmentation needs > 9 vis
 (from the infant keypoint set), OKS sigmas 0.05, no OKS-NMS in evaluation (as the release).
 """
 
-from aggpose_jax.train_config import sibling_config
+from aggpose_jax.config import sibling_config
 
 
 def get_config():
-    c = sibling_config(__file__, 'coco_aggpose_l_256x192.py')
-    c.data.keypoints = 'infant'
+    c = sibling_config(__file__, "coco_aggpose_l_256x192.py")
+    c.data.keypoints = "infant"
     c.optim.lr = 1e-4
     c.optim.decay_epochs = (50.0, 80.0)
     c.train.num_epochs = 100.0
     c.eval.every_epochs = 5.0
     c.eval.oks_nms_thre = -1.0  # < 0: no OKS-NMS
-    c.init_checkpoint = ''  # COCO AggPose-L checkpoint to fine-tune from
+    c.init_checkpoint = ""  # COCO AggPose-L checkpoint to fine-tune from
     return c

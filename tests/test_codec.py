@@ -8,13 +8,13 @@ import cv2
 import numpy as np
 import pytest
 
-from aggpose_jax.codec import blur_heatmaps, decode_heatmaps, encode_targets, get_max_preds
+from aggpose_jax.pose.codec import blur_heatmaps, decode_heatmaps, encode_targets, get_max_preds
 
 H, W = 64, 48
 
 
 def _gauss(x: float, y: float, mx: float, my: float, sigma: float = 2.0) -> float:
-    return math.exp(-((x - mx) ** 2 + (y - my) ** 2) / (2 * sigma ** 2))
+    return math.exp(-((x - mx) ** 2 + (y - my) ** 2) / (2 * sigma**2))
 
 
 def test_encode_subpixel_peak_and_values():
@@ -26,7 +26,7 @@ def test_encode_subpixel_peak_and_values():
     y, x = np.unravel_index(np.argmax(target[..., 0]), (H, W))
     assert (x, y) == (10, 21)
     assert target[21, 10, 0] < 1.0
-    for (px, py) in [(10, 21), (11, 20), (7, 25), (13, 14), (0, 0), (47, 63)]:
+    for px, py in [(10, 21), (11, 20), (7, 25), (13, 14), (0, 0), (47, 63)]:
         assert target[py, px, 0] == pytest.approx(_gauss(px, py, 10.3, 20.7), rel=1e-5, abs=1e-12)
     # Exactly on a pixel: value 1 there; symmetric neighbours.
     assert target[5, 30, 1] == pytest.approx(_gauss(30, 5, 30.0, 5.5))
@@ -49,15 +49,18 @@ def test_encode_whole_map_vs_window():
     np.testing.assert_allclose(win[..., 0][inside], full[..., 0][inside])
 
 
-@pytest.mark.parametrize("x, y, expected", [
-    (-7.5, 20.0, 1.0),   # br = int(-0.5) = 0: not < 0 (int truncates toward zero)
-    (-8.0, 20.0, 0.0),   # br = -1 < 0
-    (53.9, 20.0, 1.0),   # ul = int(47.9) = 47 < w
-    (54.0, 20.0, 0.0),   # ul = 48 >= w
-    (20.0, -8.0, 0.0),
-    (20.0, 70.0, 0.0),   # ul = 64 >= h
-    (20.0, 69.9, 1.0),
-])
+@pytest.mark.parametrize(
+    "x, y, expected",
+    [
+        (-7.5, 20.0, 1.0),  # br = int(-0.5) = 0: not < 0 (int truncates toward zero)
+        (-8.0, 20.0, 0.0),  # br = -1 < 0
+        (53.9, 20.0, 1.0),  # ul = int(47.9) = 47 < w
+        (54.0, 20.0, 0.0),  # ul = 48 >= w
+        (20.0, -8.0, 0.0),
+        (20.0, 70.0, 0.0),  # ul = 64 >= h
+        (20.0, 69.9, 1.0),
+    ],
+)
 def test_encode_weight_outside_map(x, y, expected):
     target, weight = encode_targets(np.array([[x, y]]), np.ones(1), (H, W))
     assert weight[0] == expected

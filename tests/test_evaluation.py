@@ -9,20 +9,25 @@ import cv2
 import numpy as np
 import pytest
 
-from aggpose_jax import geometry
-from aggpose_jax.codec import encode_targets
-from aggpose_jax.evaluation import (
-    STAT_NAMES, build_results, coco_keypoint_eval, draw_predictions, evaluate, flip_heatmaps,
-    flip_images, oks_matrix, oks_nms, rescore)
-from aggpose_jax.keypoints import get_keypoint_set
+from aggpose_jax.evaluate.coco_eval import STAT_NAMES, coco_keypoint_eval
+from aggpose_jax.evaluate.draw import draw_predictions
+from aggpose_jax.evaluate.postprocess import build_results, oks_matrix, oks_nms, rescore
+from aggpose_jax.evaluate.topdown import evaluate
+from aggpose_jax.pose import geometry
+from aggpose_jax.pose.codec import encode_targets
+from aggpose_jax.pose.flip import flip_heatmaps, flip_images
+from aggpose_jax.pose.keypoints import get_keypoint_set
 
 IMAGE_HW = (256, 192)
 HEATMAP_HW = (64, 48)
-COCO_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62,
-                        1.07, 1.07, .87, .87, .89, .89]) / 10.0
+COCO_SIGMAS = (
+    np.array([0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89])
+    / 10.0
+)
 
 
 # ----------------------------------------------------------------------------- flip
+
 
 def test_flip_heatmaps_is_an_involution_and_swaps_joints():
     kset = get_keypoint_set("coco")
@@ -50,6 +55,7 @@ def test_flip_images_mirrors_width():
 
 # ----------------------------------------------------------------------------- rescoring, NMS
 
+
 def test_rescore_mean_of_confident_joints_times_box_score():
     maxvals = np.array([[0.9, 0.5, 0.1, 0.2], [0.1, 0.0, 0.15, 0.2]])
     got = rescore(np.array([0.8, 1.0]), maxvals, in_vis_thre=0.2)
@@ -70,13 +76,15 @@ def test_oks_nms_hand_example():
     sig = COCO_SIGMAS
     rng = np.random.default_rng(0)
     base = rng.uniform(100, 300, (17, 2))
-    kpts = np.stack([
-        base,                      # 0: best score
-        base + 0.5,                # 1: near-duplicate of 0 -> removed
-        base + 150.0,              # 2: another person -> kept
-        base + 150.0 + 0.3,        # 3: duplicate of 2, better score than 2 -> 2 removed
-        base + 20.0,               # 4: same area, 20 px away: OKS well below 0.9 -> kept
-    ])
+    kpts = np.stack(
+        [
+            base,  # 0: best score
+            base + 0.5,  # 1: near-duplicate of 0 -> removed
+            base + 150.0,  # 2: another person -> kept
+            base + 150.0 + 0.3,  # 3: duplicate of 2, better score than 2 -> 2 removed
+            base + 20.0,  # 4: same area, 20 px away: OKS well below 0.9 -> kept
+        ]
+    )
     scores = np.array([0.9, 0.8, 0.5, 0.6, 0.4])
     areas = np.full(5, 200.0 * 200.0)
     oks = oks_matrix(kpts, kpts, areas, areas, sig)
@@ -101,13 +109,13 @@ def test_build_results_format_and_nms_per_image():
     assert r["keypoints"][:3] == [100.0, 200.0, 0.5]
     assert r["score"] == pytest.approx(0.5)
     assert res[1]["score"] == pytest.approx(0.4)
-    no_nms = build_results(np.array([7, 8, 7]), kp, maxvals, np.ones(3), scales, COCO_SIGMAS,
-                           oks_nms_thre=None)
+    no_nms = build_results(np.array([7, 8, 7]), kp, maxvals, np.ones(3), scales, COCO_SIGMAS, oks_nms_thre=None)
     assert len(no_nms) == 3
     json.dumps(res)  # plain Python types
 
 
 # ----------------------------------------------------------------------------- COCO eval
+
 
 def _write_gt(root, num_joints, num_images=3, people=2, seed=0):
     """A tiny COCO keypoint GT file; some joints unlabelled (v=0). Returns (path, anns)."""
@@ -123,13 +131,31 @@ def _write_gt(root, num_joints, num_images=3, people=2, seed=0):
             kp[:, 1] = rng.uniform(y + 5, y + h - 5, num_joints)
             kp[:, 2] = rng.choice([1, 2], num_joints)
             kp[rng.choice(num_joints, 2, replace=False)] = 0  # unlabelled
-            anns.append({"id": len(anns) + 1, "image_id": 100 + i, "category_id": 1, "iscrowd": 0,
-                         "bbox": [x, y, w, h], "area": w * h * 0.7,
-                         "num_keypoints": int((kp[:, 2] > 0).sum()),
-                         "keypoints": [float(v) for v in kp.reshape(-1)]})
-    gt = {"images": images, "annotations": anns,
-          "categories": [{"id": 1, "name": "person", "supercategory": "person",
-                          "keypoints": [f"k{j}" for j in range(num_joints)], "skeleton": []}]}
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": 100 + i,
+                    "category_id": 1,
+                    "iscrowd": 0,
+                    "bbox": [x, y, w, h],
+                    "area": w * h * 0.7,
+                    "num_keypoints": int((kp[:, 2] > 0).sum()),
+                    "keypoints": [float(v) for v in kp.reshape(-1)],
+                }
+            )
+    gt = {
+        "images": images,
+        "annotations": anns,
+        "categories": [
+            {
+                "id": 1,
+                "name": "person",
+                "supercategory": "person",
+                "keypoints": [f"k{j}" for j in range(num_joints)],
+                "skeleton": [],
+            }
+        ],
+    }
     path = os.path.join(root, "annotations", "person_keypoints_val2017.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
@@ -144,8 +170,7 @@ def _perfect_results(anns, noise=0.0, seed=0):
         kp = np.asarray(a["keypoints"], np.float64).reshape(-1, 3).copy()
         kp[:, :2] += rng.normal(0, noise, kp[:, :2].shape) if noise else 0.0
         kp[:, 2] = 0.9
-        out.append({"image_id": a["image_id"], "category_id": 1,
-                    "keypoints": kp.reshape(-1).tolist(), "score": 0.9})
+        out.append({"image_id": a["image_id"], "category_id": 1, "keypoints": kp.reshape(-1).tolist(), "score": 0.9})
     return out
 
 
@@ -181,6 +206,7 @@ def test_coco_eval_missing_annotation_file(tmp_path):
 
 
 # ----------------------------------------------------------------------------- end to end
+
 
 class PerfectModel:
     """predict_fn returning GT heatmaps. Each crop carries its person index in channel 0 and a
@@ -219,15 +245,17 @@ def _crop_loader(anns, num_joints, batch_size=4, image_hw=(6, 5)):
         images = np.zeros((batch_size,) + image_hw + (3,), np.float32)
         images[..., 0] = np.array(idx, np.float32)[:, None, None]
         images[:, :, 0, 1] = 1.0
-        batches.append({
-            "image": images,
-            "image_id": np.array([anns[i]["image_id"] for i in idx], np.int64),
-            "center": np.stack([centers[i] for i in idx]),
-            "scale": np.stack([scales[i] for i in idx]),
-            "score": np.ones(batch_size, np.float32),
-            "area": np.ones(batch_size, np.float32),
-            "valid": np.array([True] * len(rows) + [False] * pad),
-        })
+        batches.append(
+            {
+                "image": images,
+                "image_id": np.array([anns[i]["image_id"] for i in idx], np.int64),
+                "center": np.stack([centers[i] for i in idx]),
+                "scale": np.stack([scales[i] for i in idx]),
+                "score": np.ones(batch_size, np.float32),
+                "area": np.ones(batch_size, np.float32),
+                "valid": np.array([True] * len(rows) + [False] * pad),
+            }
+        )
     return batches, np.stack(heatmaps)
 
 
@@ -238,8 +266,17 @@ def test_evaluate_perfect_heatmaps(tmp_path, decode):
     batches, heatmaps = _crop_loader(anns, 17, batch_size=4)
     model = PerfectModel(heatmaps, kset.flip_index)
     out_dir = str(tmp_path / "eval")
-    stats = evaluate(model, batches, keypoint_set=kset, ann_file=ann_file, out_dir=out_dir,
-                     decode=decode, image_size=(6, 5), heatmap_size=HEATMAP_HW, draw_images=0)
+    stats = evaluate(
+        model,
+        batches,
+        keypoint_set=kset,
+        ann_file=ann_file,
+        out_dir=out_dir,
+        decode=decode,
+        image_size=(6, 5),
+        heatmap_size=HEATMAP_HW,
+        draw_images=0,
+    )
     assert model.calls == 2 * len(batches)  # flip test: plain + mirrored per batch
     with open(os.path.join(out_dir, "keypoints_results.json")) as f:
         results = json.load(f)
@@ -272,11 +309,17 @@ def test_evaluate_without_flip_and_with_empty_loader(tmp_path):
     ann_file, anns = _write_gt(str(tmp_path), 17, num_images=2, people=1)
     batches, heatmaps = _crop_loader(anns, 17, batch_size=4)
     model = PerfectModel(heatmaps, kset.flip_index)
-    stats = evaluate(model, batches, keypoint_set=kset, ann_file=ann_file, out_dir=str(tmp_path / "a"),
-                     flip_test=False, draw_images=0)
+    stats = evaluate(
+        model,
+        batches,
+        keypoint_set=kset,
+        ann_file=ann_file,
+        out_dir=str(tmp_path / "a"),
+        flip_test=False,
+        draw_images=0,
+    )
     assert model.calls == len(batches) and stats["AP"] == pytest.approx(1.0)
-    empty = evaluate(model, [], keypoint_set=kset, ann_file=ann_file, out_dir=str(tmp_path / "b"),
-                     draw_images=0)
+    empty = evaluate(model, [], keypoint_set=kset, ann_file=ann_file, out_dir=str(tmp_path / "b"), draw_images=0)
     assert empty["AP"] == 0.0 and empty["num_people"] == 0
 
 
@@ -285,14 +328,28 @@ def test_evaluate_infant_21_joints_flip_and_no_nms(tmp_path):
     ann_file, anns = _write_gt(str(tmp_path), 21, num_images=2, people=2, seed=3)
     batches, heatmaps = _crop_loader(anns, 21, batch_size=3)
     model = PerfectModel(heatmaps, kset.flip_index)
-    stats = evaluate(model, batches, keypoint_set=kset, ann_file=ann_file, out_dir=str(tmp_path / "e"),
-                     oks_nms_thre=None, draw_images=0)
+    stats = evaluate(
+        model,
+        batches,
+        keypoint_set=kset,
+        ann_file=ann_file,
+        out_dir=str(tmp_path / "e"),
+        oks_nms_thre=None,
+        draw_images=0,
+    )
     assert stats["AP"] == pytest.approx(1.0) and stats["num_people"] == len(anns)
     # A model that forgets to swap left/right on the mirrored crop is caught by the flip test:
     # the averaged maps are bimodal, the peaks land between or on the wrong side.
     wrong = PerfectModel(heatmaps, np.arange(21))
-    bad = evaluate(wrong, batches, keypoint_set=kset, ann_file=ann_file, out_dir=str(tmp_path / "w"),
-                   oks_nms_thre=None, draw_images=0)
+    bad = evaluate(
+        wrong,
+        batches,
+        keypoint_set=kset,
+        ann_file=ann_file,
+        out_dir=str(tmp_path / "w"),
+        oks_nms_thre=None,
+        draw_images=0,
+    )
     assert bad["AP"] < 0.5
 
 
@@ -301,8 +358,15 @@ def test_evaluate_rejects_wrong_heatmap_size(tmp_path):
     ann_file, anns = _write_gt(str(tmp_path), 17, num_images=1, people=1)
     batches, heatmaps = _crop_loader(anns, 17)
     with pytest.raises(ValueError, match="heatmap_size"):
-        evaluate(PerfectModel(heatmaps, kset.flip_index), batches, keypoint_set=kset,
-                 ann_file=ann_file, out_dir=str(tmp_path), heatmap_size=(32, 24), draw_images=0)
+        evaluate(
+            PerfectModel(heatmaps, kset.flip_index),
+            batches,
+            keypoint_set=kset,
+            ann_file=ann_file,
+            out_dir=str(tmp_path),
+            heatmap_size=(32, 24),
+            draw_images=0,
+        )
 
 
 def test_draw_predictions_png(tmp_path):
@@ -314,8 +378,14 @@ def test_draw_predictions_png(tmp_path):
         cv2.imwrite(str(img_dir / f"{i:012d}.jpg"), np.full((480, 640, 3), 60, np.uint8))
     # Via evaluate: draws into out_dir/predictions.png from ROOT/val2017.
     batches, heatmaps = _crop_loader(anns, 17)
-    evaluate(PerfectModel(heatmaps, kset.flip_index), batches, keypoint_set=kset, ann_file=ann_file,
-             out_dir=str(tmp_path / "eval"), draw_images=2)
+    evaluate(
+        PerfectModel(heatmaps, kset.flip_index),
+        batches,
+        keypoint_set=kset,
+        ann_file=ann_file,
+        out_dir=str(tmp_path / "eval"),
+        draw_images=2,
+    )
     png = cv2.imread(str(tmp_path / "eval" / "predictions.png"))
     assert png is not None and png.shape[0] == 320 and png.shape[1] >= 2 * 320
     assert (png != 60).any(axis=-1).mean() > 0.01  # skeletons were drawn
@@ -336,14 +406,24 @@ def test_evaluate_synthetic_val_through_pipeline(synthetic_coco_root, tmp_path):
 
     root = str(synthetic_coco_root)
     ann_file = os.path.join(root, "annotations", "person_keypoints_val2017.json")
-    cfg = ml_collections.ConfigDict({
-        "root": root, "source": "coco_json", "keypoints": "coco", "image_size": IMAGE_HW,
-        "heatmap_size": HEATMAP_HW, "sigma": 2.0, "use_gt_bbox": True, "num_workers": 0})
+    cfg = ml_collections.ConfigDict(
+        {
+            "root": root,
+            "source": "coco_json",
+            "keypoints": "coco",
+            "image_size": IMAGE_HW,
+            "heatmap_size": HEATMAP_HW,
+            "sigma": 2.0,
+            "use_gt_bbox": True,
+            "num_workers": 0,
+        }
+    )
     kset = get_keypoint_set("coco")
     source = P.make_source(cfg, "val")
     records = [source[i] for i in range(len(source))]
-    loader = P.make_loader(source, keypoint_set=kset, data_config=cfg, train=False, batch_size=8,
-                           shard_index=0, shard_count=1)
+    loader = P.make_loader(
+        source, keypoint_set=kset, data_config=cfg, train=False, batch_size=8, shard_index=0, shard_count=1
+    )
     batches = list(loader)
 
     # Heatmaps a perfect model would give for each crop (keyed by the crop's bytes), from the GT
@@ -351,29 +431,40 @@ def test_evaluate_synthetic_val_through_pipeline(synthetic_coco_root, tmp_path):
     table = {}
     for b in batches:
         for i in np.nonzero(b["valid"])[0]:
-            cand = [r for r in records if int(r["image_id"]) == int(b["image_id"][i])
-                    and np.allclose(geometry.box_to_center_scale(r["bbox"], IMAGE_HW[1] / IMAGE_HW[0])[0],
-                                    b["center"][i], atol=1e-3)]
+            cand = [
+                r
+                for r in records
+                if int(r["image_id"]) == int(b["image_id"][i])
+                and np.allclose(
+                    geometry.box_to_center_scale(r["bbox"], IMAGE_HW[1] / IMAGE_HW[0])[0], b["center"][i], atol=1e-3
+                )
+            ]
             assert cand, "eval row without its record"
             kp = cand[0]["keypoints"]
             trans = geometry.get_affine_transform(b["center"][i], b["scale"][i], 0.0, HEATMAP_HW[::-1])
             hm, _ = encode_targets(geometry.affine_points(kp[:, :2], trans), kp[:, 2], HEATMAP_HW)
             img = np.asarray(b["image"][i], np.float32)
             table[hashlib.sha1(img.tobytes()).hexdigest()] = hm
-            table[hashlib.sha1(img[:, ::-1].copy().tobytes()).hexdigest()] = flip_heatmaps(
-                hm[None], kset.flip_index)[0]
+            table[hashlib.sha1(img[:, ::-1].copy().tobytes()).hexdigest()] = flip_heatmaps(hm[None], kset.flip_index)[0]
 
     blank = np.zeros(HEATMAP_HW + (kset.num_joints,), np.float32)  # padding rows
 
     def predict(images):
-        return np.stack([table.get(hashlib.sha1(np.ascontiguousarray(x).tobytes()).hexdigest(), blank)
-                         for x in images])
+        return np.stack([table.get(hashlib.sha1(np.ascontiguousarray(x).tobytes()).hexdigest(), blank) for x in images])
 
     stats = {}
     for decode in ("dark", "argmax"):
-        stats[decode] = evaluate(predict, batches, keypoint_set=kset, ann_file=ann_file,
-                                 out_dir=str(tmp_path / decode), decode=decode, image_size=IMAGE_HW,
-                                 heatmap_size=HEATMAP_HW, draw_images=2)
+        stats[decode] = evaluate(
+            predict,
+            batches,
+            keypoint_set=kset,
+            ann_file=ann_file,
+            out_dir=str(tmp_path / decode),
+            decode=decode,
+            image_size=IMAGE_HW,
+            heatmap_size=HEATMAP_HW,
+            draw_images=2,
+        )
     n_valid = sum(int(np.asarray(b["valid"]).sum()) for b in batches)
     assert stats["dark"]["num_people"] == n_valid == len(records)
     assert stats["dark"]["AP"] == pytest.approx(1.0) and stats["dark"]["AR"] == pytest.approx(1.0)

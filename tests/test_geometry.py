@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from aggpose_jax import geometry as G
+from aggpose_jax.pose import geometry as G
 
 
 def composed_affine(center, scale, rot_deg, out_wh, convention="aggpose"):
@@ -80,8 +80,7 @@ def test_batched_transforms_and_transform_preds():
     rots = rng.uniform(-60, 60, 5)
     mats = G.get_affine_transforms(centers, scales, rots, (48, 64))
     for i in range(5):
-        np.testing.assert_allclose(
-            mats[i], G.get_affine_transform(centers[i], scales[i], rots[i], (48, 64)), atol=1e-9)
+        np.testing.assert_allclose(mats[i], G.get_affine_transform(centers[i], scales[i], rots[i], (48, 64)), atol=1e-9)
     coords = rng.uniform(0, 48, (5, 17, 2))
     img = G.transform_preds(coords, centers, scales, (48, 64))
     for i in range(5):  # per person with the single-matrix inverse
@@ -110,8 +109,10 @@ def test_source_window_covers_what_the_warp_reads():
     center, scale = np.array([300.0, 200.0], np.float32), np.array([0.6, 0.8], np.float32)
     m = G.get_affine_transform(center, scale, 40.0, (48, 64))
     x0, y0, x1, y1 = G.source_window(m, (48, 64), (480, 640), margin=2)
-    corners = G.affine_points(np.array([[0, 0], [47, 0], [0, 63], [47, 63]], float),
-                              G.get_affine_transform(center, scale, 40.0, (48, 64), inv=True))
+    corners = G.affine_points(
+        np.array([[0, 0], [47, 0], [0, 63], [47, 63]], float),
+        G.get_affine_transform(center, scale, 40.0, (48, 64), inv=True),
+    )
     assert x0 <= corners[:, 0].min() - 2 and x1 >= corners[:, 0].max() + 2
     assert y0 <= corners[:, 1].min() - 2 and y1 >= corners[:, 1].max() + 2
     far = G.get_affine_transform(np.array([5000.0, 5000.0], np.float32), scale, 0.0, (48, 64))

@@ -5,13 +5,49 @@ import pickle
 import numpy as np
 import pytest
 
-from aggpose_jax.keypoints import KeypointSet, get_keypoint_set
+from aggpose_jax.pose.keypoints import KeypointSet, get_keypoint_set
 
-COCO_SIGMAS = [.026, .025, .025, .035, .035, .079, .079, .072, .072, .062, .062,
-               .107, .107, .087, .087, .089, .089]
+COCO_SIGMAS = [
+    0.026,
+    0.025,
+    0.025,
+    0.035,
+    0.035,
+    0.079,
+    0.079,
+    0.072,
+    0.072,
+    0.062,
+    0.062,
+    0.107,
+    0.107,
+    0.087,
+    0.087,
+    0.089,
+    0.089,
+]
 # COCO's person skeleton exactly as in person_keypoints_*.json (1-based).
-COCO_FILE_SKELETON = [[16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], [6, 7], [6, 8],
-                      [7, 9], [8, 10], [9, 11], [2, 3], [1, 2], [1, 3], [2, 4], [3, 5], [4, 6], [5, 7]]
+COCO_FILE_SKELETON = [
+    [16, 14],
+    [14, 12],
+    [17, 15],
+    [15, 13],
+    [12, 13],
+    [6, 12],
+    [7, 13],
+    [6, 7],
+    [6, 8],
+    [7, 9],
+    [8, 10],
+    [9, 11],
+    [2, 3],
+    [1, 2],
+    [1, 3],
+    [2, 4],
+    [3, 5],
+    [4, 6],
+    [5, 7],
+]
 
 
 @pytest.mark.parametrize("name", ["coco", "infant"])
@@ -87,16 +123,18 @@ def test_sigmas_are_read_only_and_sets_pickle():
 def test_from_coco_category_round_trip():
     coco = get_keypoint_set("coco")
     cat = {"id": 1, "name": "person", "keypoints": list(coco.names), "skeleton": COCO_FILE_SKELETON}
-    ks = KeypointSet.from_coco_category(cat, flip_pairs=coco.flip_pairs, sigmas=COCO_SIGMAS,
-                                        upper_body=range(11), name="coco")
+    ks = KeypointSet.from_coco_category(
+        cat, flip_pairs=coco.flip_pairs, sigmas=COCO_SIGMAS, upper_body=range(11), name="coco"
+    )
     assert ks == coco
     assert coco.to_coco_category()["skeleton"] == COCO_FILE_SKELETON
 
 
 def test_from_coco_category_custom_and_validation():
     cat = {"name": "hand", "keypoints": ["a", "b", "c", "d"], "skeleton": [[1, 2], [2, 3], [3, 4]]}
-    ks = KeypointSet.from_coco_category(cat, flip_pairs=[(0, 3)], sigmas=[0.1] * 4, upper_body=[0, 1],
-                                        half_body_min_joints=2)
+    ks = KeypointSet.from_coco_category(
+        cat, flip_pairs=[(0, 3)], sigmas=[0.1] * 4, upper_body=[0, 1], half_body_min_joints=2
+    )
     assert ks.name == "hand" and ks.skeleton == ((0, 1), (1, 2), (2, 3))
     assert ks.upper_body == (0, 1) and ks.lower_body == (2, 3)
     np.testing.assert_array_equal(ks.flip_index, [3, 1, 2, 0])

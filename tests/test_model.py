@@ -10,8 +10,9 @@ import pytest
 from flax import nnx
 
 from aggpose_jax.models import VARIANTS, AggPose, ModelConfig, get_model_config
-from aggpose_jax.models.aggpose import block_stacks, drop_path_rates, model_from_params
+from aggpose_jax.models.aggpose import block_stacks, drop_path_rates
 from aggpose_jax.models.layers import BlockStack, OverlapPatchEmbed
+from aggpose_jax.params import abstract_params, bind, count_params
 
 
 def random_params(config: ModelConfig, seed: int) -> dict:
@@ -19,26 +20,24 @@ def random_params(config: ModelConfig, seed: int) -> dict:
 
     Built with numpy on the abstract parameter tree: much faster on CPU than the model's initialisers.
     """
-    abstract = nnx.eval_shape(lambda: AggPose(config, rngs=nnx.Rngs(0)))
     rng = np.random.default_rng(seed)
 
     def init(path, leaf):
-        names = [getattr(k, 'key', k) for k in path]
-        shape = leaf.shape[1:] if 'layers' in names else leaf.shape  # one block of a scanned stack
-        if names[-1] == 'scale':
+        names = [getattr(k, "key", k) for k in path]
+        shape = leaf.shape[1:] if "layers" in names else leaf.shape  # one block of a scanned stack
+        if names[-1] == "scale":
             value = 1 + 0.1 * rng.standard_normal(leaf.shape)
-        elif names[-1] == 'bias':
+        elif names[-1] == "bias":
             value = 0.1 * rng.standard_normal(leaf.shape)
         else:
             value = rng.standard_normal(leaf.shape) / np.sqrt(np.prod(shape[:-1]))
         return value.astype(np.float32)
 
-    return jax.tree_util.tree_map_with_path(init, nnx.to_pure_dict(nnx.state(abstract, nnx.Param)))
+    return jax.tree_util.tree_map_with_path(init, abstract_params(config))
 
 
 def _param_count(config: ModelConfig) -> int:
-    model = nnx.eval_shape(lambda: AggPose(config, rngs=nnx.Rngs(0)))
-    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    return count_params(abstract_params(config))
 
 
 def _images(shape=(2, 64, 32, 3), seed=0):
@@ -50,10 +49,10 @@ def _forward(model, images, deterministic, key=None):
     return model(images, deterministic=deterministic, rngs=key)
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def tiny():
-    config = get_model_config('aggpose_tiny')
-    return model_from_params(config, random_params(config, 0))
+    config = get_model_config("aggpose_tiny")
+    return bind(config, random_params(config, 0))
 
 
 def test_initialisers_follow_the_release():
@@ -73,19 +72,20 @@ def test_initialisers_follow_the_release():
 
 def test_model_from_params_rejects_params_of_another_model(tiny):
     params = nnx.to_pure_dict(nnx.state(tiny, nnx.Param))
-    params['final_layer']['fc2']['bias'] = np.zeros(21, np.float32)
-    with pytest.raises(ValueError, match='final_layer/fc2/bias'):
-        model_from_params(tiny.config, params)
+    params["final_layer"]["fc2"]["bias"] = np.zeros(21, np.float32)
+    with pytest.raises(ValueError, match="final_layer/fc2/bias"):
+        bind(tiny.config, params)
 
 
 def test_parameter_counts_of_the_released_variants():
-    assert _param_count(get_model_config('aggpose_l')) == 96_751_825
-    s_count = _param_count(get_model_config('aggpose_s'))
+    assert _param_count(get_model_config("aggpose_l")) == 96_751_825
+    s_count = _param_count(get_model_config("aggpose_s"))
     assert s_count == 39_505_105
     assert round(s_count / 1e6, 2) == 39.51
     # joints only change the last layer: 64 * J + J parameters
-    assert (_param_count(get_model_config('aggpose_l', num_joints=21))
-            - _param_count(get_model_config('aggpose_l'))) == 4 * 65
+    assert (
+        _param_count(get_model_config("aggpose_l", num_joints=21)) - _param_count(get_model_config("aggpose_l"))
+    ) == 4 * 65
 
 
 def test_output_shape_dtype_and_non_square_inputs(tiny):
@@ -98,21 +98,21 @@ def test_scanned_stacks_store_one_leading_axis_per_block(tiny):
     params = nnx.state(tiny, nnx.Param)
     config = tiny.config
     for name, stream, _, num in block_stacks(config):
-        kernel = params[name]['layers']['attn']['q']['kernel']
+        kernel = params[name]["layers"]["attn"]["q"]["kernel"]
         assert kernel.shape == (num, config.dims[stream - 1], config.dims[stream - 1])
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
 
 
 def test_rejects_images_of_the_wrong_shape(tiny):
-    with pytest.raises(ValueError, match='multiples of 32'):
+    with pytest.raises(ValueError, match="multiples of 32"):
         tiny(jnp.zeros((1, 60, 64, 3)))
-    with pytest.raises(ValueError, match=r'\(B, H, W, 3\)'):
+    with pytest.raises(ValueError, match=r"\(B, H, W, 3\)"):
         tiny(jnp.zeros((1, 3, 64, 64)))
 
 
 def test_bfloat16_compute_keeps_float32_params_and_output(tiny):
-    config = dataclasses.replace(tiny.config, dtype='bfloat16')
-    model = model_from_params(config, nnx.state(tiny, nnx.Param))  # same weights as the float32 model
+    config = dataclasses.replace(tiny.config, dtype="bfloat16")
+    model = bind(config, nnx.state(tiny, nnx.Param))  # same weights as the float32 model
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
     images = _images()
     out16, out32 = _forward(model, images, True), _forward(tiny, images, True)
@@ -137,16 +137,16 @@ def test_drop_path_only_when_not_deterministic(tiny):
 
 
 def test_drop_path_schedule_follows_the_release():
-    rates = drop_path_rates(get_model_config('aggpose_l'))
+    rates = drop_path_rates(get_model_config("aggpose_l"))
     ramp = np.linspace(0.0, 0.1, 3 + 6 + 40 + 3)  # over the first stage of every stream
-    np.testing.assert_allclose(rates['block1'], ramp[0:3])
-    np.testing.assert_allclose(rates['block1_3'], ramp[0:3])
-    np.testing.assert_allclose(rates['block2'], ramp[3:9])
-    np.testing.assert_allclose(rates['block2_2'], ramp[3:6])
-    np.testing.assert_allclose(rates['block3'], ramp[9:49])
-    np.testing.assert_allclose(rates['block3_1'], ramp[9:12])
-    np.testing.assert_allclose(rates['block4'], ramp[49:52])
-    assert rates['block4'][-1] == pytest.approx(0.1)
+    np.testing.assert_allclose(rates["block1"], ramp[0:3])
+    np.testing.assert_allclose(rates["block1_3"], ramp[0:3])
+    np.testing.assert_allclose(rates["block2"], ramp[3:9])
+    np.testing.assert_allclose(rates["block2_2"], ramp[3:6])
+    np.testing.assert_allclose(rates["block3"], ramp[9:49])
+    np.testing.assert_allclose(rates["block3_1"], ramp[9:12])
+    np.testing.assert_allclose(rates["block4"], ramp[49:52])
+    assert rates["block4"][-1] == pytest.approx(0.1)
 
 
 def test_scanned_stack_matches_blocks_run_one_by_one_and_passes_gradients():
@@ -171,11 +171,11 @@ def test_scanned_stack_matches_blocks_run_one_by_one_and_passes_gradients():
 
 def test_large_model_lowers_one_loop_per_block_stack():
     """The 40-block stream compiles as a loop body, not 40 copies (keeps the L train step compile short)."""
-    config = get_model_config('aggpose_l')
+    config = get_model_config("aggpose_l")
     graphdef, state = nnx.split(nnx.eval_shape(lambda: AggPose(config, rngs=nnx.Rngs(0))))
     images = jax.ShapeDtypeStruct((1, 256, 192, 3), jnp.float32)
     text = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x)).lower(state, images).as_text()
-    assert text.count('stablehlo.while') == len(block_stacks(config)) == 10
+    assert text.count("stablehlo.while") == len(block_stacks(config)) == 10
 
 
 def test_remat_gives_the_same_gradients():
@@ -184,7 +184,11 @@ def test_remat_gives_the_same_gradients():
     for remat in (False, True):
         stack = BlockStack(2, 32, 2, 4.0, 4, (0.0, 0.0), remat=remat, rngs=nnx.Rngs(0))
         graphdef, params, rest = nnx.split(stack, nnx.Param, ...)
-        grads.append(jax.jit(jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p, rest)(x) ** 2)))(params))
+
+        def loss(p, graphdef=graphdef, rest=rest):
+            return jnp.sum(nnx.merge(graphdef, p, rest)(x) ** 2)
+
+        grads.append(jax.jit(jax.grad(loss))(params))
     for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)  # remat may reorder float32 sums
 
@@ -200,40 +204,43 @@ def test_drop_path_in_a_stack():
 
 
 def test_variants_and_overrides():
-    assert set(VARIANTS) >= {'aggpose_l', 'aggpose_s', 'aggpose_tiny'}
-    large = get_model_config('aggpose_l')
+    assert set(VARIANTS) >= {"aggpose_l", "aggpose_s", "aggpose_tiny"}
+    large = get_model_config("aggpose_l")
     assert large.dims == (64, 128, 320, 512) and large.heads == (1, 2, 5, 8) and large.sr_ratios == (8, 4, 2, 1)
     assert large.stage_depths == ((3, 3, 3, 3), (6, 3, 3), (40, 3), (3,))
-    assert get_model_config('aggpose_s').stage_depths == ((3, 3, 3, 3), (4, 3, 3), (6, 3), (3,))
-    infant = get_model_config('aggpose_l', num_joints=21, dtype='bfloat16')
+    assert get_model_config("aggpose_s").stage_depths == ((3, 3, 3, 3), (4, 3, 3), (6, 3), (3,))
+    infant = get_model_config("aggpose_l", num_joints=21, dtype="bfloat16")
     assert infant.num_joints == 21 and infant.compute_dtype == jnp.bfloat16 and infant.heatmap_size == (64, 48)
-    with pytest.raises(ValueError, match='unknown variant'):
-        get_model_config('aggpose_xl')
+    with pytest.raises(ValueError, match="unknown variant"):
+        get_model_config("aggpose_xl")
 
 
 def test_config_round_trips_through_json():
-    config = get_model_config('aggpose_s', num_joints=21, drop_path_rate=0.2, remat=True)
+    config = get_model_config("aggpose_s", num_joints=21, drop_path_rate=0.2, remat=True)
     data = json.loads(json.dumps(config.to_dict()))
     assert ModelConfig.from_dict(data) == config
-    assert data['stage_depths'] == [[3, 3, 3, 3], [4, 3, 3], [6, 3], [3]]
-    with pytest.raises(ValueError, match='unknown field'):
-        ModelConfig.from_dict({**data, 'width': 3})
+    assert data["stage_depths"] == [[3, 3, 3, 3], [4, 3, 3], [6, 3], [3]]
+    with pytest.raises(ValueError, match="unknown field"):
+        ModelConfig.from_dict({**data, "width": 3})
 
 
-@pytest.mark.parametrize('field, value', [
-    ('dims', (64, 128, 320)),
-    ('dims', (64, 128.5, 320, 512)),
-    ('heads', (3, 2, 5, 8)),
-    ('sr_ratios', (8, 4, 0, 1)),
-    ('image_size', (250, 192)),
-    ('stage_depths', ((3, 3, 3), (6, 3, 3), (40, 3), (3,))),
-    ('stage_depths', ((3, 3, 3, 3), (6, 0, 3), (40, 3), (3,))),
-    ('stage_depths', None),
-    ('mlp_ratio', 'four'),
-    ('num_joints', 0),
-    ('drop_path_rate', 1.5),
-    ('dtype', 'float16'),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("dims", (64, 128, 320)),
+        ("dims", (64, 128.5, 320, 512)),
+        ("heads", (3, 2, 5, 8)),
+        ("sr_ratios", (8, 4, 0, 1)),
+        ("image_size", (250, 192)),
+        ("stage_depths", ((3, 3, 3), (6, 3, 3), (40, 3), (3,))),
+        ("stage_depths", ((3, 3, 3, 3), (6, 0, 3), (40, 3), (3,))),
+        ("stage_depths", None),
+        ("mlp_ratio", "four"),
+        ("num_joints", 0),
+        ("drop_path_rate", 1.5),
+        ("dtype", "float16"),
+    ],
+)
 def test_config_validation_names_the_field(field, value):
-    with pytest.raises(ValueError, match=rf'ModelConfig\.{field}:'):
-        get_model_config('aggpose_l', **{field: value})
+    with pytest.raises(ValueError, match=rf"ModelConfig\.{field}:"):
+        get_model_config("aggpose_l", **{field: value})

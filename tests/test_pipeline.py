@@ -13,8 +13,9 @@ import pytest
 
 from aggpose_jax.data import pipeline as P
 
-NO_AUG = dict(scale_factor=0.0, rotation_factor=0.0, rotation_prob=0.0, flip=False,
-              half_body_prob=0.0, color_jitter_prob=0.0)
+NO_AUG = dict(
+    scale_factor=0.0, rotation_factor=0.0, rotation_prob=0.0, flip=False, half_body_prob=0.0, color_jitter_prob=0.0
+)
 
 
 def make_records(n, seed=0, bad=()):
@@ -30,16 +31,24 @@ def make_records(n, seed=0, bad=()):
         kps[:, 0] = rng.uniform(15, 50, 17)
         kps[:, 1] = rng.uniform(8, 40, 17)
         kps[:, 2] = rng.integers(0, 3, 17)
-        out.append({"image_id": np.int64(100 + i), "image_file": f"img_{seed}_{i}.jpg",
-                    "image_bytes": data,
-                    "bbox": np.array([10 + rng.uniform(0, 5), 5, 40, 36], np.float32),
-                    "keypoints": kps, "score": np.float32(1.0), "area": np.float32(1440.0)})
+        out.append(
+            {
+                "image_id": np.int64(100 + i),
+                "image_file": f"img_{seed}_{i}.jpg",
+                "image_bytes": data,
+                "bbox": np.array([10 + rng.uniform(0, 5), 5, 40, 36], np.float32),
+                "keypoints": kps,
+                "score": np.float32(1.0),
+                "area": np.float32(1440.0),
+            }
+        )
     return out
 
 
 def data_config(aug=None, num_workers=0):
-    cfg = ml_collections.ConfigDict({"image_size": (32, 24), "heatmap_size": (8, 6), "sigma": 2.0,
-                                     "num_workers": num_workers, "keypoints": "coco"})
+    cfg = ml_collections.ConfigDict(
+        {"image_size": (32, 24), "heatmap_size": (8, 6), "sigma": 2.0, "num_workers": num_workers, "keypoints": "coco"}
+    )
     cfg.aug = ml_collections.ConfigDict(aug or {})
     return cfg
 
@@ -83,19 +92,17 @@ def test_train_batches_shapes_and_seed_determinism():
 
 def test_epochs_are_reshuffled_and_complete():
     recs = make_records(8)
-    ld = loader(recs, data_config=data_config(NO_AUG), train=True, batch_size=8, seed=0,
-                num_epochs=2, prefetch=0)
+    ld = loader(recs, data_config=data_config(NO_AUG), train=True, batch_size=8, seed=0, num_epochs=2, prefetch=0)
     batches = list(iter(ld))
     assert len(batches) == 2 and ld.batches_per_epoch == 1
     keys = [[x.tobytes() for x in b["image"]] for b in batches]
     assert sorted(keys[0]) == sorted(keys[1])  # same samples (no augmentation) ...
-    assert keys[0] != keys[1]                  # ... in a new order
+    assert keys[0] != keys[1]  # ... in a new order
 
 
 def test_bad_images_are_skipped_and_counted():
     recs = make_records(9, seed=1, bad=(2, 5))
-    ld = loader(recs, data_config=data_config(NO_AUG), train=True, batch_size=1, seed=0,
-                num_epochs=2, prefetch=0)
+    ld = loader(recs, data_config=data_config(NO_AUG), train=True, batch_size=1, seed=0, num_epochs=2, prefetch=0)
     n = sum(1 for _ in iter(ld))
     assert n == 2 * 7
     assert ld.corrupt_images() == {"img_1_2.jpg": 2, "img_1_5.jpg": 2}
@@ -112,8 +119,13 @@ def test_bad_image_reports_are_removed_when_the_process_exits(tmp_path):
         assert os.path.isdir(ld.report_dir)
         print(ld.report_dir)
     """)
-    out = subprocess.run([sys.executable, "-c", script, os.path.dirname(__file__)], capture_output=True,
-                         text=True, check=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", script, os.path.dirname(__file__)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
     report_dir = out.stdout.strip().splitlines()[-1]
     assert "aggpose_bad_images_" in report_dir and not os.path.exists(report_dir)
 
@@ -178,9 +190,20 @@ def _resume_in_new_process(tmp_path, worker_count):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=path)
-    subprocess.run([sys.executable, str(tmp_path / "resume.py"), os.path.abspath(__file__),
-                    str(tmp_path / "state.json"), str(tmp_path / "out.npz"), str(worker_count)],
-                   check=True, env=env, cwd=tmp_path, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            str(tmp_path / "resume.py"),
+            os.path.abspath(__file__),
+            str(tmp_path / "state.json"),
+            str(tmp_path / "out.npz"),
+            str(worker_count),
+        ],
+        check=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
     got = np.load(tmp_path / "out.npz")
     resumed = [{k: got[f"{i}_{k}"] for k in reference[0]} for i in range(4)]
     assert_batches_equal(resumed, reference[5:9])  # batches 5..8 of the uninterrupted run
@@ -195,10 +218,8 @@ def test_worker_processes(tmp_path):
     """Two workers: every sample of an epoch as in-process, bad files counted, exact resume."""
     recs = make_records(12, seed=5, bad=(3,))
     cfg = data_config(NO_AUG)
-    single = list(iter(loader(recs, data_config=cfg, train=True, batch_size=1, seed=2,
-                              num_epochs=1, prefetch=0)))
-    ld = loader(recs, data_config=cfg, train=True, batch_size=1, seed=2, num_epochs=1,
-                worker_count=2)
+    single = list(iter(loader(recs, data_config=cfg, train=True, batch_size=1, seed=2, num_epochs=1, prefetch=0)))
+    ld = loader(recs, data_config=cfg, train=True, batch_size=1, seed=2, num_epochs=1, worker_count=2)
     multi = list(iter(ld))
     key = lambda bs: sorted(b["image"].tobytes() + b["target"].tobytes() for b in bs)  # noqa: E731
     assert len(multi) == 11 and key(multi) == key(single)
@@ -220,9 +241,11 @@ def test_visualize_grid_overlays_targets():
     assert hot.any()
     hot_px = cv2.resize(hot.astype(np.uint8), (24, 32), interpolation=cv2.INTER_NEAREST) > 0
     assert np.abs(tile.astype(int) - plain.astype(int))[hot_px].mean() > 20
-    np.testing.assert_allclose(V.denormalize(batch["image"][0]) / 255.0,
-                               batch["image"][0] * [0.229, 0.224, 0.225] + [0.485, 0.456, 0.406],
-                               atol=0.5 / 255 + 1e-6)
+    np.testing.assert_allclose(
+        V.denormalize(batch["image"][0]) / 255.0,
+        batch["image"][0] * [0.229, 0.224, 0.225] + [0.485, 0.456, 0.406],
+        atol=0.5 / 255 + 1e-6,
+    )
 
 
 def test_make_source_and_loaders_from_a_coco_root(synthetic_coco_root, tmp_path):
@@ -231,13 +254,19 @@ def test_make_source_and_loaders_from_a_coco_root(synthetic_coco_root, tmp_path)
     root = str(tmp_path / "root")
     shutil.copytree(synthetic_coco_root, root)
     cfg = data_config()
-    cfg.update({"root": root, "source": "coco_json", "use_gt_bbox": True,
-                "detections_file": "person_detections_val2017.json", "det_score_threshold": 0.0})
+    cfg.update(
+        {
+            "root": root,
+            "source": "coco_json",
+            "use_gt_bbox": True,
+            "detections_file": "person_detections_val2017.json",
+            "det_score_threshold": 0.0,
+        }
+    )
     train_src = P.make_source(cfg, "train")
     victim = train_src[0]["image_file"]
     os.remove(os.path.join(root, "train2017", victim))  # a missing file is skipped, not fatal
-    ld = loader(train_src, data_config=cfg, train=True, batch_size=4, seed=0, num_epochs=1,
-                prefetch=0)
+    ld = loader(train_src, data_config=cfg, train=True, batch_size=4, seed=0, num_epochs=1, prefetch=0)
     n = sum(len(b["image"]) for b in iter(ld))
     lost = sum(1 for i in range(len(train_src)) if train_src[i]["image_file"] == victim)
     assert n == (len(train_src) - lost) // 4 * 4 and ld.corrupt_images() == {victim: lost}

@@ -22,25 +22,37 @@ def kps(labelled: dict[int, tuple[float, float, int]]) -> list[float]:
 
 def tiny_coco() -> dict:
     """3 images (b.jpg's file is missing) and annotations exercising every cleaning rule."""
-    ann = lambda i, img, bbox, k, **kw: {"id": i, "image_id": img, "category_id": 1, "bbox": bbox,  # noqa: E731
-                                        "keypoints": k, "area": kw.pop("area", 500.0), "iscrowd": 0, **kw}
+    ann = lambda i, img, bbox, k, **kw: {  # noqa: E731
+        "id": i,
+        "image_id": img,
+        "category_id": 1,
+        "bbox": bbox,  # noqa: E731
+        "keypoints": k,
+        "area": kw.pop("area", 500.0),
+        "iscrowd": 0,
+        **kw,
+    }
     person = kps({0: (20, 15, 2), 5: (25, 30, 1)})
     return {
-        "images": [{"id": 7, "file_name": "a.jpg", "width": 100, "height": 80},
-                   {"id": 9, "file_name": "b.jpg", "width": 50, "height": 50},
-                   {"id": 11, "file_name": "c.jpg", "width": 60, "height": 60}],
+        "images": [
+            {"id": 7, "file_name": "a.jpg", "width": 100, "height": 80},
+            {"id": 9, "file_name": "b.jpg", "width": 50, "height": 50},
+            {"id": 11, "file_name": "c.jpg", "width": 60, "height": 60},
+        ],
         "annotations": [
-            ann(1, 7, [10, 10, 30, 40], person, area=321.5),            # kept
-            ann(2, 7, [-5, 60, 200, 100], person),                      # kept, clipped
-            ann(3, 7, [10, 10, 30, 40], person, iscrowd=1),             # crowd
-            ann(4, 7, [10, 10, 30, 40], kps({3: (12, 12, 0)})),         # no labelled joint
-            ann(5, 7, [10, 10, 30, 40], person, area=0.0),              # zero area
-            ann(6, 7, [150, 10, 30, 40], person),                       # outside the image
-            ann(8, 7, [10, 10, 30, 40], person, category_id=2),         # not a person
+            ann(1, 7, [10, 10, 30, 40], person, area=321.5),  # kept
+            ann(2, 7, [-5, 60, 200, 100], person),  # kept, clipped
+            ann(3, 7, [10, 10, 30, 40], person, iscrowd=1),  # crowd
+            ann(4, 7, [10, 10, 30, 40], kps({3: (12, 12, 0)})),  # no labelled joint
+            ann(5, 7, [10, 10, 30, 40], person, area=0.0),  # zero area
+            ann(6, 7, [150, 10, 30, 40], person),  # outside the image
+            ann(8, 7, [10, 10, 30, 40], person, category_id=2),  # not a person
             ann(10, 9, [1, 2, 3, 4], kps({16: (3, 4, 2)}), area=12.0),  # kept, image file missing
         ],
-        "categories": [{"id": 1, "name": "person", "keypoints": [f"k{j}" for j in range(J)], "skeleton": []},
-                       {"id": 2, "name": "dog"}],
+        "categories": [
+            {"id": 1, "name": "person", "keypoints": [f"k{j}" for j in range(J)], "skeleton": []},
+            {"id": 2, "name": "dog"},
+        ],
     }
 
 
@@ -101,22 +113,24 @@ def test_source_pickles_and_reads_lazily(tiny, tmp_path):
 
 def test_detections_mode_with_threshold(tiny, tmp_path):
     ann_file, image_dir, data = tiny
-    dets = [{"image_id": 7, "category_id": 1, "bbox": [1.5, 2.0, 10.0, 20.0], "score": 0.9},
-            {"image_id": 7, "category_id": 1, "bbox": [3, 3, 5, 5], "score": 0.05},
-            {"image_id": 11, "category_id": 2, "bbox": [3, 3, 5, 5], "score": 0.99},
-            {"image_id": 9, "category_id": 1, "bbox": [0, 0, 4, 4], "score": 0.1}]
+    dets = [
+        {"image_id": 7, "category_id": 1, "bbox": [1.5, 2.0, 10.0, 20.0], "score": 0.9},
+        {"image_id": 7, "category_id": 1, "bbox": [3, 3, 5, 5], "score": 0.05},
+        {"image_id": 11, "category_id": 2, "bbox": [3, 3, 5, 5], "score": 0.99},
+        {"image_id": 9, "category_id": 1, "bbox": [0, 0, 4, 4], "score": 0.1},
+    ]
     det_file = tmp_path / "dets.json"
     det_file.write_text(json.dumps(dets))
-    src = CocoKeypointSource(ann_file, image_dir, keypoint_set="coco", train=False,
-                             detections_file=str(det_file), det_score_threshold=0.1)
+    src = CocoKeypointSource(
+        ann_file, image_dir, keypoint_set="coco", train=False, detections_file=str(det_file), det_score_threshold=0.1
+    )
     assert len(src) == 2  # 0.05 dropped, category 2 dropped, 0.1 kept (score >= threshold)
     r = src[0]
     assert r["image_id"] == 7 and r["image_bytes"] == data and r["bbox"].tolist() == [1.5, 2, 10, 20]
     assert r["score"] == np.float32(0.9) and r["area"] == 200.0
     assert r["keypoints"].shape == (J, 3) and not r["keypoints"].any()
     assert src[1]["image_id"] == 9 and src[1]["image_bytes"] == b""
-    all_dets = CocoKeypointSource(ann_file, image_dir, keypoint_set="coco", train=False,
-                                  detections_file=str(det_file))
+    all_dets = CocoKeypointSource(ann_file, image_dir, keypoint_set="coco", train=False, detections_file=str(det_file))
     assert len(all_dets) == 3
     with pytest.raises(ValueError, match="evaluation only"):
         CocoKeypointSource(ann_file, image_dir, keypoint_set="coco", train=True, detections_file=str(det_file))
@@ -131,14 +145,21 @@ def _drop(path: list, data: dict) -> dict:
     return data
 
 
-@pytest.mark.parametrize("path,field", [
-    (["images"], "images"), (["annotations"], "annotations"), (["categories"], "categories"),
-    (["annotations", 5, "bbox"], "annotations[5].bbox"),
-    (["annotations", 0, "keypoints"], "annotations[0].keypoints"),
-    (["annotations", 2, "image_id"], "annotations[2].image_id"),
-    (["images", 0, "id"], "images[0].id"), (["images", 1, "file_name"], "images[1].file_name"),
-    (["images", 2, "width"], "images[2].width"), (["images", 0, "height"], "images[0].height"),
-])
+@pytest.mark.parametrize(
+    "path,field",
+    [
+        (["images"], "images"),
+        (["annotations"], "annotations"),
+        (["categories"], "categories"),
+        (["annotations", 5, "bbox"], "annotations[5].bbox"),
+        (["annotations", 0, "keypoints"], "annotations[0].keypoints"),
+        (["annotations", 2, "image_id"], "annotations[2].image_id"),
+        (["images", 0, "id"], "images[0].id"),
+        (["images", 1, "file_name"], "images[1].file_name"),
+        (["images", 2, "width"], "images[2].width"),
+        (["images", 0, "height"], "images[0].height"),
+    ],
+)
 def test_missing_field_names_file_and_field(tmp_path, path, field):
     ann_file = tmp_path / "broken.json"
     ann_file.write_text(json.dumps(_drop(path, tiny_coco())))
@@ -177,13 +198,18 @@ def test_wrong_keypoint_count(tiny, tmp_path):
         CocoKeypointSource(str(path), image_dir, keypoint_set="infant", train=True)
 
 
-@pytest.mark.parametrize("dets,field", [
-    ({"image_id": 7}, "<top level>: expected a JSON list"),
-    ([{"image_id": 7, "bbox": [0, 0, 1, 1]}], r"\[0\].score: missing required field"),
-    ([{"image_id": 7, "bbox": [0, 0, 1, 1], "score": 1}, {"image_id": 7, "bbox": [0, 1], "score": 1}],
-     r"\[1\].bbox: expected 4 numbers"),
-    ([{"image_id": 999, "bbox": [0, 0, 1, 1], "score": 1}], r"\[0\].image_id: 999 is not an image"),
-])
+@pytest.mark.parametrize(
+    "dets,field",
+    [
+        ({"image_id": 7}, "<top level>: expected a JSON list"),
+        ([{"image_id": 7, "bbox": [0, 0, 1, 1]}], r"\[0\].score: missing required field"),
+        (
+            [{"image_id": 7, "bbox": [0, 0, 1, 1], "score": 1}, {"image_id": 7, "bbox": [0, 1], "score": 1}],
+            r"\[1\].bbox: expected 4 numbers",
+        ),
+        ([{"image_id": 999, "bbox": [0, 0, 1, 1], "score": 1}], r"\[0\].image_id: 999 is not an image"),
+    ],
+)
 def test_detection_file_errors(tiny, tmp_path, dets, field):
     ann_file, image_dir, _ = tiny
     det_file = tmp_path / "dets.json"
@@ -202,8 +228,9 @@ def test_from_root_on_synthetic(synthetic_coco_root):
     r = src[0]
     with open(os.path.join(root, "val2017", r["image_file"]), "rb") as f:
         assert r["image_bytes"] == f.read()
-    dets = CocoKeypointSource.from_root(root, "validation", keypoints="coco",
-                                        detections_file="person_detections_val2017.json", det_score_threshold=0.5)
+    dets = CocoKeypointSource.from_root(
+        root, "validation", keypoints="coco", detections_file="person_detections_val2017.json", det_score_threshold=0.5
+    )
     with open(os.path.join(root, "person_detections_val2017.json")) as f:
         assert len(dets) == sum(d["score"] >= 0.5 for d in json.load(f))
     assert CocoKeypointSource.from_root(root, "train").train

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from aggpose_jax.data import synthetic
-from aggpose_jax.keypoints import get_keypoint_set
+from aggpose_jax.pose.keypoints import get_keypoint_set
 
 
 def tree_hash(root: str) -> dict[str, str]:
@@ -123,8 +123,12 @@ def test_visible_joints_are_drawn_where_labelled(request, fixture, name):
 
 def test_cli(tmp_path, capsys):
     out = tmp_path / "syn"
-    assert synthetic.main([str(out), "--keypoints", "infant", "--num-images", "3", "--seed", "5",
-                           "--image-size", "96", "128"]) == 0
+    assert (
+        synthetic.main(
+            [str(out), "--keypoints", "infant", "--num-images", "3", "--seed", "5", "--image-size", "96", "128"]
+        )
+        == 0
+    )
     assert "train: 2 images" in capsys.readouterr().out
     with open(out / "annotations" / "person_keypoints_val2017.json") as f:
         val = json.load(f)

@@ -57,8 +57,14 @@ CHILD = textwrap.dedent("""
 def test_tfds_shards_match_coco_source_without_tensorflow(synthetic_coco_root, tmp_path):
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     env.pop("TFDS_DATA_DIR", None)
-    proc = subprocess.run([sys.executable, "-c", CHILD, synthetic_coco_root, str(tmp_path / "tfds")],
-                          cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, synthetic_coco_root, str(tmp_path / "tfds")],
+        cwd=str(tmp_path),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0 and "TFDS-OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from aggpose_jax.data import transforms as T
-from aggpose_jax.keypoints import get_keypoint_set
+from aggpose_jax.pose.keypoints import get_keypoint_set
 
 COCO_PAIRS = [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)]
-NO_AUG = T.AugmentConfig(scale_factor=0.0, rotation_factor=0.0, rotation_prob=0.0, flip=False,
-                         half_body_prob=0.0, color_jitter_prob=0.0)
+NO_AUG = T.AugmentConfig(
+    scale_factor=0.0, rotation_factor=0.0, rotation_prob=0.0, flip=False, half_body_prob=0.0, color_jitter_prob=0.0
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +37,12 @@ def bilinear_zero_border(img, xs, ys):
         ok = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
         return np.where(ok[..., None], img[np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)], 0.0)
 
-    return (px(y0, x0) * (1 - fx) * (1 - fy) + px(y0, x0 + 1) * fx * (1 - fy)
-            + px(y0 + 1, x0) * (1 - fx) * fy + px(y0 + 1, x0 + 1) * fx * fy)
+    return (
+        px(y0, x0) * (1 - fx) * (1 - fy)
+        + px(y0, x0 + 1) * fx * (1 - fy)
+        + px(y0 + 1, x0) * (1 - fx) * fy
+        + px(y0 + 1, x0 + 1) * fx * fy
+    )
 
 
 def independent_affine(center, scale_w, rot_deg, out_w, out_h):
@@ -50,6 +55,7 @@ def independent_affine(center, scale_w, rot_deg, out_w, out_h):
 
 
 # ----------------------------------------------------------------------------- decoding
+
 
 def test_decode_gives_rgb_and_none_on_bad_bytes():
     bgr = smooth_image(20, 30)
@@ -82,6 +88,7 @@ def test_decode_transform_skips_counts_and_logs_once(tmp_path, caplog):
 
 # ----------------------------------------------------------------------------- crop + joints
 
+
 @pytest.mark.parametrize("flip", [False, True])
 def test_crop_and_joints_match_independent_affine(coco, flip):
     img = smooth_image()
@@ -89,8 +96,17 @@ def test_crop_and_joints_match_independent_affine(coco, flip):
     rng = np.random.default_rng(3)
     joints = rng.uniform(30, 90, (17, 2)).astype(np.float32)
     vis = np.ones(17, np.float32)
-    out = T.make_train_sample(img, joints, vis, T.TrainParams(c, s, rot, flip, None),
-                              coco.flip_index, (64, 48), (16, 12), 2.0, return_uint8=True)
+    out = T.make_train_sample(
+        img,
+        joints,
+        vis,
+        T.TrainParams(c, s, rot, flip, None),
+        coco.flip_index,
+        (64, 48),
+        (16, 12),
+        2.0,
+        return_uint8=True,
+    )
     src, cc, jj = img, c.astype(np.float64), joints.astype(np.float64)
     if flip:  # mirror the image, the centre and the joints; swap the pairs
         src, cc = img[:, ::-1], np.array([img.shape[1] - 1 - c[0], c[1]])
@@ -120,10 +136,28 @@ def test_flip_mirrors_crop_and_swaps_targets(coco):
     joints = np.random.default_rng(4).uniform(35, 85, (17, 2)).astype(np.float32)
     vis = np.ones(17, np.float32)
     vis[5] = 0
-    a = T.make_train_sample(img, joints, vis, T.TrainParams(c, s, 0.0, False, None),
-                            coco.flip_index, (64, 48), (64, 48), 2.0, return_uint8=True)
-    b = T.make_train_sample(img, joints, vis, T.TrainParams(c, s, 0.0, True, None),
-                            coco.flip_index, (64, 48), (64, 48), 2.0, return_uint8=True)
+    a = T.make_train_sample(
+        img,
+        joints,
+        vis,
+        T.TrainParams(c, s, 0.0, False, None),
+        coco.flip_index,
+        (64, 48),
+        (64, 48),
+        2.0,
+        return_uint8=True,
+    )
+    b = T.make_train_sample(
+        img,
+        joints,
+        vis,
+        T.TrainParams(c, s, 0.0, True, None),
+        coco.flip_index,
+        (64, 48),
+        (64, 48),
+        2.0,
+        return_uint8=True,
+    )
     # rotation 0: the flipped sample is the mirror image with left/right joints exchanged
     np.testing.assert_array_equal(b["crop"], a["crop"][:, ::-1])
     np.testing.assert_allclose(b["target"], a["target"][:, ::-1, expected], atol=1e-6)
@@ -133,35 +167,46 @@ def test_flip_mirrors_crop_and_swaps_targets(coco):
 
 # ----------------------------------------------------------------------------- targets
 
+
 def test_targets_peak_values_and_weights(coco):
     img = np.zeros((300, 300, 3), np.uint8)
     c, s = np.array([150.0, 150.0], np.float32), np.array([0.75, 1.0], np.float32)
     joints = np.full((17, 2), 150.0, np.float32)
-    joints[0] = [120.3, 95.6]      # inside
-    joints[1] = [150.0, 150.0]     # the box centre
-    joints[2] = [-400.0, 150.0]    # far left of the crop
-    joints[3] = [150.0, 900.0]     # far below
+    joints[0] = [120.3, 95.6]  # inside
+    joints[1] = [150.0, 150.0]  # the box centre
+    joints[2] = [-400.0, 150.0]  # far left of the crop
+    joints[3] = [150.0, 900.0]  # far below
     vis = np.ones(17, np.float32)
-    vis[4] = 0                     # inside but not labelled
-    out = T.make_train_sample(img, joints, vis, T.TrainParams(c, s, 0.0, False, None),
-                              coco.flip_index, (256, 192), (64, 48), 2.0, return_uint8=True)
-    zoom = 47 / (0.75 * 200 - 1)   # heatmap pixels per image pixel (AggPose convention)
+    vis[4] = 0  # inside but not labelled
+    out = T.make_train_sample(
+        img,
+        joints,
+        vis,
+        T.TrainParams(c, s, 0.0, False, None),
+        coco.flip_index,
+        (256, 192),
+        (64, 48),
+        2.0,
+        return_uint8=True,
+    )
+    zoom = 47 / (0.75 * 200 - 1)  # heatmap pixels per image pixel (AggPose convention)
     mu = (joints.astype(np.float64) - [150, 150]) * zoom + [23.5, 31.5]
     np.testing.assert_allclose(out["joints_hm"][:2], mu[:2], atol=1e-3)
     np.testing.assert_allclose(mu[1], [23.5, 31.5])
     target, weight = out["target"], out["target_weight"]
     assert target.shape == (64, 48, 17) and weight.shape == (17,)
-    for (x, y) in [(18, 13), (19, 14), (17, 12), (22, 16), (15, 10)]:
-        expect = np.exp(-((x - mu[0, 0]) ** 2 + (y - mu[0, 1]) ** 2) / (2 * 2.0 ** 2))
+    for x, y in [(18, 13), (19, 14), (17, 12), (22, 16), (15, 10)]:
+        expect = np.exp(-((x - mu[0, 0]) ** 2 + (y - mu[0, 1]) ** 2) / (2 * 2.0**2))
         np.testing.assert_allclose(target[y, x, 0], expect, rtol=1e-4, atol=1e-7)
     # the sub-pixel centre (23.5, 31.5) is shared by four pixels, each at squared distance 0.5
-    np.testing.assert_allclose(target[31:33, 23:25, 1], np.exp(-0.5 / (2 * 2.0 ** 2)), rtol=1e-5)
+    np.testing.assert_allclose(target[31:33, 23:25, 1], np.exp(-0.5 / (2 * 2.0**2)), rtol=1e-5)
     assert weight[0] == 1 and weight[1] == 1
     assert weight[2] == 0 and weight[3] == 0 and weight[4] == 0
     assert not target[..., 2].any() and not target[..., 3].any() and not target[..., 4].any()
 
 
 # ----------------------------------------------------------------------------- half body
+
 
 def test_half_body_choice_rule():
     joints = np.array([[i * 10.0, i * 5.0] for i in range(17)], np.float32)
@@ -210,8 +255,7 @@ def test_random_choices_follow_the_recipe(coco):
     rng = np.random.default_rng(1)
     joints, vis = np.zeros((17, 2), np.float32), np.zeros(17, np.float32)
     c, s = np.array([50.0, 50.0], np.float32), np.array([1.0, 4 / 3], np.float32)
-    draws = [T.sample_train_params(rng, c, s, joints, vis, coco, T.AugmentConfig(), 0.75)
-             for _ in range(4000)]
+    draws = [T.sample_train_params(rng, c, s, joints, vis, coco, T.AugmentConfig(), 0.75) for _ in range(4000)]
     mult = np.array([p.scale[0] / s[0] for p in draws])
     rot = np.array([p.rotation for p in draws])
     assert mult.min() >= 0.65 - 1e-6 and mult.max() <= 1.35 + 1e-6
@@ -231,6 +275,7 @@ def test_random_choices_follow_the_recipe(coco):
 
 
 # ----------------------------------------------------------------------------- colour jitter
+
 
 def test_colour_adjustments():
     img = smooth_image(30, 40)
@@ -256,7 +301,8 @@ def test_colour_adjustments():
 def test_jitter_on_window_equals_full_image_jitter():
     rng = np.random.default_rng(2)
     img = cv2.resize(smooth_image(60, 80, seed=5), (320, 240))
-    from aggpose_jax import geometry as G
+    from aggpose_jax.pose import geometry as G
+
     differing, total = 0, 0
     for _ in range(20):
         c = rng.uniform([0, 0], [320, 240]).astype(np.float32)
@@ -274,14 +320,21 @@ def test_jitter_on_window_equals_full_image_jitter():
 
 # ----------------------------------------------------------------------------- Grain transforms
 
+
 def record(img_rgb, bbox=(20, 10, 60, 80)):
     kps = np.zeros((17, 3), np.float32)
     kps[:, 0] = np.linspace(25, 75, 17)
     kps[:, 1] = np.linspace(15, 85, 17)
     kps[:, 2] = 2
-    return {"image_id": np.int64(7), "image_file": "a.jpg", "image": img_rgb,
-            "bbox": np.array(bbox, np.float32), "keypoints": kps, "score": np.float32(0.9),
-            "area": np.float32(1234.0)}
+    return {
+        "image_id": np.int64(7),
+        "image_file": "a.jpg",
+        "image": img_rgb,
+        "bbox": np.array(bbox, np.float32),
+        "keypoints": kps,
+        "score": np.float32(0.9),
+        "area": np.float32(1234.0),
+    }
 
 
 def test_train_transform_is_reproducible_per_rng(coco):
@@ -296,7 +349,8 @@ def test_train_transform_is_reproducible_per_rng(coco):
 
 
 def test_eval_transform_crop_and_fields(coco):
-    from aggpose_jax import geometry as G
+    from aggpose_jax.pose import geometry as G
+
     img = smooth_image()
     ev = T.EvalTransform((64, 48))
     out = ev.map(record(img))
@@ -306,8 +360,9 @@ def test_eval_transform_crop_and_fields(coco):
     lin, t = independent_affine(c, s[0], 0.0, 48, 64)
     yy, xx = np.mgrid[0:64, 0:48]
     back = (np.stack([xx, yy], -1) - t) @ np.linalg.inv(lin).T
-    ref = (bilinear_zero_border(img, back[..., 0], back[..., 1]) / 255 - [0.485, 0.456, 0.406]) \
-        / np.array([0.229, 0.224, 0.225])
+    ref = (bilinear_zero_border(img, back[..., 0], back[..., 1]) / 255 - [0.485, 0.456, 0.406]) / np.array(
+        [0.229, 0.224, 0.225]
+    )
     assert np.abs(out["image"] - ref).max() < 1.0 / 255 / 0.224 + 1e-5
     assert out["image_id"] == 7 and out["score"] == np.float32(0.9) and out["area"] == 1234
     assert out["valid"]

@@ -22,10 +22,11 @@ import jax
 import numpy as np
 from flax import nnx
 
-from aggpose_jax.models.aggpose import AggPose, ModelConfig, stack_name
+from aggpose_jax.models.aggpose import ModelConfig, stack_name
+from aggpose_jax.params import abstract_params
 
-_STACK = 'layers'  # attribute of BlockStack holding the stacked blocks
-_LEAF_TO_TORCH = {'kernel': 'weight', 'scale': 'weight', 'bias': 'bias'}
+_STACK = "layers"  # attribute of BlockStack holding the stacked blocks
+_LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "bias": "bias"}
 _MAX_LISTED = 20
 
 
@@ -40,7 +41,7 @@ class _Entry(NamedTuple):
 
 
 def _shape_of(value: Any) -> tuple[int, ...]:
-    if hasattr(value, 'shape'):
+    if hasattr(value, "shape"):
         return tuple(int(s) for s in value.shape)
     return tuple(int(s) for s in value)
 
@@ -64,13 +65,6 @@ def _to_flax_array(array: np.ndarray) -> np.ndarray:
     return array if axes is None else array.transpose(np.argsort(axes))
 
 
-@functools.lru_cache(maxsize=8)
-def _abstract_params(config: ModelConfig) -> dict:
-    """Nested dict path -> ShapeDtypeStruct of the model's parameters (no allocation)."""
-    model = nnx.eval_shape(lambda: AggPose(config, rngs=nnx.Rngs(0)))
-    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
-
-
 def _flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> Iterable[tuple[tuple[str, ...], Any]]:
     for key, value in tree.items():
         path = prefix + (str(key),)
@@ -84,16 +78,16 @@ def _flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> Iterable[tuple[tupl
 def _layout(config: ModelConfig) -> dict[str, _Entry]:
     """torch name -> where the tensor lives in the Flax parameters."""
     out: dict[str, _Entry] = {}
-    for path, leaf in _flatten(_abstract_params(config)):
+    for path, leaf in _flatten(abstract_params(config)):
         *modules, leaf_name = path
         torch_leaf = _LEAF_TO_TORCH[leaf_name]
         shape = tuple(leaf.shape)
         if len(modules) > 1 and modules[1] == _STACK:
             for i in range(shape[0]):
-                name = '.'.join([modules[0], str(i), *modules[2:], torch_leaf])
+                name = ".".join([modules[0], str(i), *modules[2:], torch_leaf])
                 out[name] = _Entry(path, i, _to_torch_shape(shape[1:]))
         else:
-            out['.'.join([*modules, torch_leaf])] = _Entry(path, None, _to_torch_shape(shape))
+            out[".".join([*modules, torch_leaf])] = _Entry(path, None, _to_torch_shape(shape))
     return out
 
 
@@ -103,56 +97,71 @@ def expected_torch_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
 
 
 def _stack_depth(names: Iterable[str], prefix: str) -> int:
-    pattern = re.compile(rf'^{re.escape(prefix)}\.(\d+)\.')
+    pattern = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.")
     indices = {int(m.group(1)) for n in names if (m := pattern.match(n))}
     return max(indices) + 1 if indices else 0
 
 
-def infer_model_config(state_dict: Mapping[str, Any], *, heads: tuple[int, ...] | None = None,
-                       image_size: tuple[int, int] = (256, 192), **overrides: Any) -> ModelConfig:
+def infer_model_config(
+    state_dict: Mapping[str, Any],
+    *,
+    heads: tuple[int, ...] | None = None,
+    image_size: tuple[int, int] = (256, 192),
+    **overrides: Any,
+) -> ModelConfig:
     """Read widths, stage table, reduction ratios, MLP ratio and joint count off tensor names and shapes.
 
     Head counts change no shape: they default to the MiT convention (1, 2, 5, 8) unless ``heads`` is given.
     Remaining ``ModelConfig`` fields (drop_path_rate, dtype, ...) come from ``overrides``.
     """
+
     def shape(name: str) -> tuple[int, ...]:
         if name not in state_dict:
-            raise CheckpointMismatchError(f'infer_model_config: tensor {name!r} is missing; not an AggPose state dict?')
+            raise CheckpointMismatchError(f"infer_model_config: tensor {name!r} is missing; not an AggPose state dict?")
         return _shape_of(state_dict[name])
 
-    dims = tuple(shape(f'patch_embed{s}.proj.weight')[0] for s in range(1, 5))
-    sr_ratios = tuple(_shape_of(state_dict[f'block{s}.0.attn.sr.weight'])[-1]
-                      if f'block{s}.0.attn.sr.weight' in state_dict else 1 for s in range(1, 5))
+    dims = tuple(shape(f"patch_embed{s}.proj.weight")[0] for s in range(1, 5))
+    sr_ratios = tuple(
+        _shape_of(state_dict[f"block{s}.0.attn.sr.weight"])[-1] if f"block{s}.0.attn.sr.weight" in state_dict else 1
+        for s in range(1, 5)
+    )
     rows: list[list[int]] = [[], [], [], []]
     for stream in range(1, 5):
         for stage in range(stream, 5):
             name = stack_name(stream, stage)
             depth = _stack_depth(state_dict, name)
             if depth == 0:
-                raise CheckpointMismatchError(f'infer_model_config: no tensors named {name}.<i>.*; '
-                                              f'not an AggPose state dict?')
+                raise CheckpointMismatchError(
+                    f"infer_model_config: no tensors named {name}.<i>.*; not an AggPose state dict?"
+                )
             rows[stream - 1].append(depth)
-    mlp_ratio = shape('block1.0.mlp.fc1.weight')[0] / dims[0]
-    num_joints = shape('final_layer.fc2.weight')[0]
-    fields = dict(dims=dims, heads=tuple(heads) if heads is not None else (1, 2, 5, 8), sr_ratios=sr_ratios,
-                  mlp_ratio=mlp_ratio, stage_depths=tuple(tuple(r) for r in rows), num_joints=num_joints,
-                  image_size=tuple(image_size))
+    mlp_ratio = shape("block1.0.mlp.fc1.weight")[0] / dims[0]
+    num_joints = shape("final_layer.fc2.weight")[0]
+    fields = dict(
+        dims=dims,
+        heads=tuple(heads) if heads is not None else (1, 2, 5, 8),
+        sr_ratios=sr_ratios,
+        mlp_ratio=mlp_ratio,
+        stage_depths=tuple(tuple(r) for r in rows),
+        num_joints=num_joints,
+        image_size=tuple(image_size),
+    )
     fields.update(overrides)
     try:
         return ModelConfig(**fields)
     except ValueError as err:
-        raise CheckpointMismatchError(f'infer_model_config: {err} (pass heads=... matching the widths)') from err
+        raise CheckpointMismatchError(f"infer_model_config: {err} (pass heads=... matching the widths)") from err
 
 
 def _ranges(indices: Iterable[int]) -> str:
     """[0, 1, 2, 5] -> '0-2,5'."""
     out: list[str] = []
     for i in sorted(indices):
-        if out and out[-1].split('-')[-1] == str(i - 1):
-            out[-1] = f'{out[-1].split("-")[0]}-{i}'
+        if out and out[-1].split("-")[-1] == str(i - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{i}"
         else:
             out.append(str(i))
-    return ','.join(out)
+    return ",".join(out)
 
 
 def _group_blocks(names: list[str]) -> list[str]:
@@ -160,7 +169,7 @@ def _group_blocks(names: list[str]) -> list[str]:
     stacks: dict[str, list[str]] = {}
     rest = []
     for name in names:
-        match = re.match(r'^(block[\d_]+)\.\d+\.', name)
+        match = re.match(r"^(block[\d_]+)\.\d+\.", name)
         if match:
             stacks.setdefault(match.group(1), []).append(name)
         else:
@@ -170,33 +179,42 @@ def _group_blocks(names: list[str]) -> list[str]:
         if len(members) == 1:
             grouped.extend(members)
         else:
-            indices = {int(n.split('.')[1]) for n in members}
-            grouped.append(f'{stack}.{{{_ranges(indices)}}}.* ({len(members)} tensors)')
+            indices = {int(n.split(".")[1]) for n in members}
+            grouped.append(f"{stack}.{{{_ranges(indices)}}}.* ({len(members)} tensors)")
     return grouped + rest
 
 
 def _listing(title: str, items: list[str]) -> str:
     shown = items[:_MAX_LISTED]
-    more = f'\n    ... and {len(items) - len(shown)} more' if len(items) > len(shown) else ''
-    return f'  {title}:\n' + '\n'.join(f'    {s}' for s in shown) + more
+    more = f"\n    ... and {len(items) - len(shown)} more" if len(items) > len(shown) else ""
+    return f"  {title}:\n" + "\n".join(f"    {s}" for s in shown) + more
 
 
 def _compare(state_dict: Mapping[str, Any], config: ModelConfig) -> tuple[list[str], list[str], list[str]]:
     expected = expected_torch_shapes(config)
     missing = [n for n in expected if n not in state_dict]
     unexpected = sorted(n for n in state_dict if n not in expected)
-    misshaped = [f'{n}: got {_shape_of(v)}, expected {expected[n]}'
-                 for n, v in state_dict.items() if n in expected and _shape_of(v) != expected[n]]
+    misshaped = [
+        f"{n}: got {_shape_of(v)}, expected {expected[n]}"
+        for n, v in state_dict.items()
+        if n in expected and _shape_of(v) != expected[n]
+    ]
     return missing, unexpected, misshaped
 
 
 def _raise(missing: list[str], unexpected: list[str], misshaped: list[str], what: str) -> None:
-    parts = [(f'{t} ({len(items)})', grouped) for t, items, grouped in (
-        ('missing', missing, _group_blocks(missing)), ('unexpected', unexpected, _group_blocks(unexpected)),
-        ('mis-shaped', misshaped, misshaped)) if items]
+    parts = [
+        (f"{t} ({len(items)})", grouped)
+        for t, items, grouped in (
+            ("missing", missing, _group_blocks(missing)),
+            ("unexpected", unexpected, _group_blocks(unexpected)),
+            ("mis-shaped", misshaped, misshaped),
+        )
+        if items
+    ]
     if parts:
-        body = '\n'.join(_listing(t, items) for t, items in parts)
-        raise CheckpointMismatchError(f'state dict does not match {what}:\n{body}')
+        body = "\n".join(_listing(t, items) for t, items in parts)
+        raise CheckpointMismatchError(f"state dict does not match {what}:\n{body}")
 
 
 def check_state_dict(state_dict: Mapping[str, Any], config: ModelConfig) -> None:
@@ -205,7 +223,7 @@ def check_state_dict(state_dict: Mapping[str, Any], config: ModelConfig) -> None
 
 
 def _describe(config: ModelConfig) -> str:
-    return f'AggPose(dims={config.dims}, stage_depths={config.stage_depths}, num_joints={config.num_joints})'
+    return f"AggPose(dims={config.dims}, stage_depths={config.stage_depths}, num_joints={config.num_joints})"
 
 
 def _nested_set(tree: dict, path: tuple[str, ...], value: Any) -> None:
@@ -220,8 +238,7 @@ def _nested_get(tree: Mapping, path: tuple[str, ...]) -> Any:
     return tree
 
 
-def _write(arrays: dict[tuple[str, ...], np.ndarray], state_dict: Mapping[str, Any],
-           config: ModelConfig) -> list[str]:
+def _write(arrays: dict[tuple[str, ...], np.ndarray], state_dict: Mapping[str, Any], config: ModelConfig) -> list[str]:
     """Copy the tensors of ``state_dict`` present in the layout into ``arrays`` (Flax layout, in place)."""
     written = []
     for name, entry in _layout(config).items():
@@ -240,7 +257,7 @@ def torch_to_flax(state_dict: Mapping[str, Any], config: ModelConfig) -> dict:
     """
     check_state_dict(state_dict, config)
     out: dict = {}
-    arrays = {path: np.empty(leaf.shape, np.float32) for path, leaf in _flatten(_abstract_params(config))}
+    arrays = {path: np.empty(leaf.shape, np.float32) for path, leaf in _flatten(abstract_params(config))}
     for path, array in arrays.items():
         _nested_set(out, path, array)
     _write(arrays, state_dict, config)
@@ -256,39 +273,18 @@ def flax_to_torch(params: Any, config: ModelConfig) -> dict[str, np.ndarray]:
         try:
             value = np.asarray(jax.device_get(_nested_get(params, entry.flax_path)))
         except (KeyError, TypeError) as err:
-            raise CheckpointMismatchError(f'flax_to_torch: parameter {"/".join(entry.flax_path)} is missing') from err
+            raise CheckpointMismatchError(f"flax_to_torch: parameter {'/'.join(entry.flax_path)} is missing") from err
         if entry.index is not None:
             value = value[entry.index]
         out[name] = np.ascontiguousarray(_to_torch_array(value))
     return out
 
 
-def load_into_model(model: AggPose, state_dict: Mapping[str, Any], *,
-                    strict: bool = True) -> tuple[list[str], list[str]]:
-    """Copy torch-named tensors into ``model`` in place; returns (loaded names, missing names).
-
-    strict=True: any missing, unexpected or mis-shaped tensor raises ``CheckpointMismatchError``.
-    strict=False (e.g. MiT backbone weights): missing tensors keep their current values and unexpected
-    names are ignored; mis-shaped tensors still raise. Parameters keep their sharding.
-    """
-    config = model.config
-    missing, unexpected, misshaped = _compare(state_dict, config)
-    if strict:
-        _raise(missing, unexpected, misshaped, what=_describe(config))
-    elif misshaped:
-        _raise([], [], misshaped, what=_describe(config))
-    state = nnx.state(model, nnx.Param)
-    params = nnx.to_pure_dict(state)
-    touched = {entry.flax_path for name, entry in _layout(config).items() if name in state_dict}
-    arrays = {path: np.array(jax.device_get(_nested_get(params, path)), np.float32) for path in touched}
-    loaded = _write(arrays, state_dict, config)
-    for path, array in arrays.items():
-        old = _nested_get(params, path)
-        _nested_set(params, path, jax.device_put(array, getattr(old, 'sharding', None)))
-    nnx.replace_by_pure_dict(state, params)
-    nnx.update(model, state)
-    return loaded, missing
-
-
-__all__ = ['CheckpointMismatchError', 'expected_torch_shapes', 'infer_model_config', 'check_state_dict',
-           'torch_to_flax', 'flax_to_torch', 'load_into_model']
+__all__ = [
+    "CheckpointMismatchError",
+    "expected_torch_shapes",
+    "infer_model_config",
+    "check_state_dict",
+    "torch_to_flax",
+    "flax_to_torch",
+]

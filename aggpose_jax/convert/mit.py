@@ -17,22 +17,24 @@ import os
 import re
 from collections.abc import Mapping
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from aggpose_jax.convert.mapping import (CheckpointMismatchError, expected_torch_shapes, flax_to_torch,
-                                         load_into_model, torch_to_flax)
+from aggpose_jax.convert.mapping import CheckpointMismatchError, expected_torch_shapes, flax_to_torch, torch_to_flax
 from aggpose_jax.convert.torch_reader import read_state_dict
-from aggpose_jax.models.aggpose import AggPose, ModelConfig
+from aggpose_jax.models.aggpose import ModelConfig
 
-_IGNORED_PREFIXES = ('head.', 'classifier.', 'decode_head.', 'auxiliary_head.')
-_BACKBONE = re.compile(r'^(patch_embed[1-4]\.|block[1-4]\.\d+\.|norm[1-4]\.)')
+_IGNORED_PREFIXES = ("head.", "classifier.", "decode_head.", "auxiliary_head.")
+_BACKBONE = re.compile(r"^(patch_embed[1-4]\.|block[1-4]\.\d+\.|norm[1-4]\.)")
 _HF_BLOCK_PARTS = {  # Hugging Face sub-module name -> AggPose (NVlabs) sub-module name inside a block
-    'layer_norm_1': 'norm1', 'attention.self.query': 'attn.q', 'attention.self.sr': 'attn.sr',
-    'attention.self.layer_norm': 'attn.norm', 'attention.output.dense': 'attn.proj', 'layer_norm_2': 'norm2',
-    'mlp.dense1': 'mlp.fc1', 'mlp.dwconv.dwconv': 'mlp.dwconv.dwconv', 'mlp.dense2': 'mlp.fc2',
+    "layer_norm_1": "norm1",
+    "attention.self.query": "attn.q",
+    "attention.self.sr": "attn.sr",
+    "attention.self.layer_norm": "attn.norm",
+    "attention.output.dense": "attn.proj",
+    "layer_norm_2": "norm2",
+    "mlp.dense1": "mlp.fc1",
+    "mlp.dwconv.dwconv": "mlp.dwconv.dwconv",
+    "mlp.dense2": "mlp.fc2",
 }
 _MAX_LISTED = 8
 
@@ -40,6 +42,7 @@ _MAX_LISTED = 8
 @dataclasses.dataclass
 class MitImportReport:
     """What an MiT import did: AggPose tensor names loaded / left at their initialisation, file names ignored."""
+
     source: str
     source_format: str  # 'nvlabs' | 'huggingface'
     loaded: list[str]
@@ -47,10 +50,12 @@ class MitImportReport:
     ignored: list[str]
 
     def summary(self) -> str:
-        groups = sorted({re.sub(r'\..*', '', name) for name in self.fresh})
-        return (f'{self.source} ({self.source_format} names): loaded {len(self.loaded)} backbone tensors; '
-                f'{len(self.fresh)} tensors keep their fresh initialisation (in {", ".join(groups)}); '
-                f'ignored {len(self.ignored)} head tensors')
+        groups = sorted({re.sub(r"\..*", "", name) for name in self.fresh})
+        return (
+            f"{self.source} ({self.source_format} names): loaded {len(self.loaded)} backbone tensors; "
+            f"{len(self.fresh)} tensors keep their fresh initialisation (in {', '.join(groups)}); "
+            f"ignored {len(self.ignored)} head tensors"
+        )
 
 
 def is_backbone_name(name: str) -> bool:
@@ -60,13 +65,13 @@ def is_backbone_name(name: str) -> bool:
 
 def _from_hf(name: str) -> str | None:
     """AggPose name of a Hugging Face encoder tensor (None when unknown; key/value handled by the caller)."""
-    if m := re.fullmatch(r'encoder\.patch_embeddings\.(\d)\.(proj|layer_norm)\.(weight|bias)', name):
-        return f'patch_embed{int(m[1]) + 1}.{"proj" if m[2] == "proj" else "norm"}.{m[3]}'
-    if m := re.fullmatch(r'encoder\.layer_norm\.(\d)\.(weight|bias)', name):
-        return f'norm{int(m[1]) + 1}.{m[2]}'
-    if m := re.fullmatch(r'encoder\.block\.(\d)\.(\d+)\.(.+)\.(weight|bias)', name):
+    if m := re.fullmatch(r"encoder\.patch_embeddings\.(\d)\.(proj|layer_norm)\.(weight|bias)", name):
+        return f"patch_embed{int(m[1]) + 1}.{'proj' if m[2] == 'proj' else 'norm'}.{m[3]}"
+    if m := re.fullmatch(r"encoder\.layer_norm\.(\d)\.(weight|bias)", name):
+        return f"norm{int(m[1]) + 1}.{m[2]}"
+    if m := re.fullmatch(r"encoder\.block\.(\d)\.(\d+)\.(.+)\.(weight|bias)", name):
         part = _HF_BLOCK_PARTS.get(m[3])
-        return None if part is None else f'block{int(m[1]) + 1}.{m[2]}.{part}.{m[4]}'
+        return None if part is None else f"block{int(m[1]) + 1}.{m[2]}.{part}.{m[4]}"
     return None
 
 
@@ -74,9 +79,17 @@ def to_aggpose_names(state_dict: Mapping[str, np.ndarray]) -> tuple[dict[str, np
     """(tensors under AggPose names, ignored head names, unrecognised names, 'nvlabs' | 'huggingface')."""
     renamed: dict[str, np.ndarray] = {}
     ignored, unknown = [], []
-    sd = {(n[len('segformer.'):] if n.startswith('segformer.') else
-           n[len('backbone.'):] if n.startswith('backbone.') else n): v for n, v in state_dict.items()}
-    hf = any(n.startswith('encoder.') for n in sd)
+    sd = {
+        (
+            n[len("segformer.") :]
+            if n.startswith("segformer.")
+            else n[len("backbone.") :]
+            if n.startswith("backbone.")
+            else n
+        ): v
+        for n, v in state_dict.items()
+    }
+    hf = any(n.startswith("encoder.") for n in sd)
     pairs: dict[str, dict[str, np.ndarray]] = {}
     for name, value in sd.items():
         if name.startswith(_IGNORED_PREFIXES):
@@ -85,75 +98,71 @@ def to_aggpose_names(state_dict: Mapping[str, np.ndarray]) -> tuple[dict[str, np
             renamed[name] = value
         elif not hf:
             unknown.append(name)
-        elif m := re.fullmatch(r'encoder\.block\.(\d)\.(\d+)\.attention\.self\.(key|value)\.(weight|bias)', name):
-            pairs.setdefault(f'block{int(m[1]) + 1}.{m[2]}.attn.kv.{m[4]}', {})[m[3]] = value
+        elif m := re.fullmatch(r"encoder\.block\.(\d)\.(\d+)\.attention\.self\.(key|value)\.(weight|bias)", name):
+            pairs.setdefault(f"block{int(m[1]) + 1}.{m[2]}.attn.kv.{m[4]}", {})[m[3]] = value
         elif (target := _from_hf(name)) is not None:
             renamed[target] = value
         else:
             unknown.append(name)
     for target, parts in pairs.items():
-        if set(parts) != {'key', 'value'} or parts['key'].shape != parts['value'].shape:
-            unknown.append(f'{target} (incomplete or mismatched attention key/value pair)')
+        if set(parts) != {"key", "value"} or parts["key"].shape != parts["value"].shape:
+            unknown.append(f"{target} (incomplete or mismatched attention key/value pair)")
         else:
-            renamed[target] = np.concatenate([parts['key'], parts['value']], axis=0)
-    return renamed, ignored, unknown, 'huggingface' if hf else 'nvlabs'
+            renamed[target] = np.concatenate([parts["key"], parts["value"]], axis=0)
+    return renamed, ignored, unknown, "huggingface" if hf else "nvlabs"
 
 
 def _listing(title: str, items: list[str]) -> str:
-    more = f' ... and {len(items) - _MAX_LISTED} more' if len(items) > _MAX_LISTED else ''
-    return f'{title} ({len(items)}): {", ".join(items[:_MAX_LISTED])}{more}'
+    more = f" ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
+    return f"{title} ({len(items)}): {', '.join(items[:_MAX_LISTED])}{more}"
 
 
 def check_backbone(tensors: Mapping[str, np.ndarray], unknown: list[str], config: ModelConfig, path: str) -> None:
     """Raise ``CheckpointMismatchError`` (one line) unless the MiT tensors fit the backbone of ``config``."""
     expected = {n: s for n, s in expected_torch_shapes(config).items() if is_backbone_name(n)}
-    misshaped = [f'{n} {tuple(v.shape)} vs model {expected[n]}' for n, v in tensors.items()
-                 if n in expected and tuple(v.shape) != expected[n]]
+    misshaped = [
+        f"{n} {tuple(v.shape)} vs model {expected[n]}"
+        for n, v in tensors.items()
+        if n in expected and tuple(v.shape) != expected[n]
+    ]
     missing = [n for n in expected if n not in tensors]
     unexpected = unknown + [n for n in tensors if n not in expected]
-    parts = [_listing(t, items) for t, items in (('mis-shaped', misshaped), ('missing from the file', missing),
-                                                 ('not in the model', unexpected)) if items]
+    parts = [
+        _listing(t, items)
+        for t, items in (
+            ("mis-shaped", misshaped),
+            ("missing from the file", missing),
+            ("not in the model", unexpected),
+        )
+        if items
+    ]
     if parts:
         first = tuple(row[0] for row in config.stage_depths)
-        raise CheckpointMismatchError(f'{path}: MiT weights do not fit the AggPose backbone (dims={config.dims}, '
-                                      f'first-stage depths={first}): {"; ".join(parts)}')
+        raise CheckpointMismatchError(
+            f"{path}: MiT weights do not fit the AggPose backbone (dims={config.dims}, "
+            f"first-stage depths={first}): {'; '.join(parts)}"
+        )
 
 
-def _update_nested(tree: dict, new: Mapping) -> None:
-    for key, value in new.items():
-        if isinstance(value, Mapping) and isinstance(tree.get(key), dict):
-            _update_nested(tree[key], value)
-        else:
-            tree[key] = value
+def import_mit_backbone(params: Mapping, path: str | os.PathLike, config: ModelConfig) -> tuple[dict, MitImportReport]:
+    """``params`` (a nested dict for ``config``) with MiT weights from ``path`` in its backbone, and a report.
 
-
-def import_mit_backbone(target: AggPose | nnx.State | dict, path: str | os.PathLike, *,
-                        config: ModelConfig | None = None) -> MitImportReport:
-    """Copy MiT weights from ``path`` into ``target``'s backbone path, in place.
-
-    ``target`` is an ``AggPose`` model, or its parameters (``nnx.State`` of Params or the pure nested dict)
-    together with ``config``. Raises ``CheckpointMismatchError`` naming the tensors that do not fit.
+    Raises ``CheckpointMismatchError`` naming the tensors that do not fit; ``params`` is not modified.
     """
     path = os.fspath(path)
-    if isinstance(target, AggPose):
-        config = target.config
-    elif config is None:
-        raise ValueError('import_mit_backbone: pass config=... when the target is a parameter tree')
     tensors, ignored, unknown, fmt = to_aggpose_names(read_state_dict(path))
     check_backbone(tensors, unknown, config, path)
-    if isinstance(target, AggPose):
-        loaded, fresh = load_into_model(target, tensors, strict=False)
-    else:
-        full = flax_to_torch(target, config)
-        full.update(tensors)
-        new = jax.tree.map(jnp.asarray, torch_to_flax(full, config))
-        if isinstance(target, nnx.State):
-            nnx.replace_by_pure_dict(target, new)
-        else:
-            _update_nested(target, new)
-        loaded = [n for n in expected_torch_shapes(config) if n in tensors]
-        fresh = [n for n in expected_torch_shapes(config) if n not in tensors]
-    return MitImportReport(source=path, source_format=fmt, loaded=list(loaded), fresh=list(fresh), ignored=ignored)
+    full = flax_to_torch(params, config)
+    full.update(tensors)
+    names = expected_torch_shapes(config)
+    report = MitImportReport(
+        source=path,
+        source_format=fmt,
+        loaded=[n for n in names if n in tensors],
+        fresh=[n for n in names if n not in tensors],
+        ignored=ignored,
+    )
+    return torch_to_flax(full, config), report
 
 
-__all__ = ['MitImportReport', 'check_backbone', 'import_mit_backbone', 'is_backbone_name', 'to_aggpose_names']
+__all__ = ["MitImportReport", "check_backbone", "import_mit_backbone", "is_backbone_name", "to_aggpose_names"]

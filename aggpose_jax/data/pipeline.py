@@ -83,7 +83,7 @@ def _worker_init(worker_index: int, worker_count: int) -> None:
     keep_freed_buffers_in_heap()
 
 
-_OPEN_ITERATORS: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_OPEN_ITERATORS: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 @atexit.register
@@ -145,7 +145,8 @@ def _section_get(section: Any, key: str, default: Any = None) -> Any:
 
 def _resolve_keypoint_set(keypoint_set: Any) -> Any:
     if isinstance(keypoint_set, str):
-        from aggpose_jax.keypoints import get_keypoint_set
+        from aggpose_jax.pose.keypoints import get_keypoint_set
+
         return get_keypoint_set(keypoint_set)
     return keypoint_set
 
@@ -186,6 +187,7 @@ def make_loader(
         raise ValueError(f"make_loader: batch_size must be positive, got {batch_size}")
     if shard_index is None or shard_count is None:
         import jax
+
         shard_index = jax.process_index() if shard_index is None else shard_index
         shard_count = jax.process_count() if shard_count is None else shard_count
     if not 0 <= shard_index < shard_count:
@@ -207,14 +209,14 @@ def make_loader(
     ds = ds.map(T.DecodeImage(report_dir)).filter(T.DropUndecodable())
     if train:
         aug = T.AugmentConfig.from_config(_section_get(data_config, "aug"))
-        ds = ds.random_map(T.TrainTransform(kp_set, image_size, heatmap_size, sigma, aug,
-                                            convention=convention),
-                           seed=(seed + 1) % 2**32)
+        ds = ds.random_map(
+            T.TrainTransform(kp_set, image_size, heatmap_size, sigma, aug, convention=convention),
+            seed=(seed + 1) % 2**32,
+        )
         ds = ds.repeat(num_epochs)
     else:
         ds = ds.map(T.EvalTransform(image_size, convention=convention))
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
-                                              prefetch_buffer_size=max(1, 2 * batch_size)))
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(1, 2 * batch_size)))
     if train:
         it = it.batch(batch_size, drop_remainder=True)
     else:
@@ -222,9 +224,10 @@ def make_loader(
         it = it.batch(batch_size, drop_remainder=False, batch_fn=pad)
     if worker_count > 0:
         _allow_unparsed_absl_flags()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
-                                                         per_worker_buffer_size=max(1, prefetch)),
-                            worker_init_fn=_worker_init)
+        it = it.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=max(1, prefetch)),
+            worker_init_fn=_worker_init,
+        )
     elif prefetch > 0:
         it = grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=prefetch)
     # The skipped-image reports are removed when this process exits (not with the loader: an iterator
@@ -256,11 +259,17 @@ def make_source(data_config: Any, split: str) -> Any:
             raise ValueError("make_source: config.data.root is empty (needed for source='coco_json')")
         use_gt = bool(_section_get(data_config, "use_gt_bbox", True)) or split == "train"
         return sources.CocoKeypointSource.from_root(
-            root, split, keypoints=keypoints,
+            root,
+            split,
+            keypoints=keypoints,
             detections_file=None if use_gt else _section_get(data_config, "detections_file"),
-            det_score_threshold=float(_section_get(data_config, "det_score_threshold", 0.0)))
+            det_score_threshold=float(_section_get(data_config, "det_score_threshold", 0.0)),
+        )
     if kind == "tfds":
         return sources.TfdsKeypointSource(
-            _section_get(data_config, "tfds_name") or None, split,
-            data_dir=_section_get(data_config, "tfds_data_dir") or None, keypoints=keypoints)
+            _section_get(data_config, "tfds_name") or None,
+            split,
+            data_dir=_section_get(data_config, "tfds_data_dir") or None,
+            keypoints=keypoints,
+        )
     raise ValueError(f"make_source: config.data.source must be 'coco_json' or 'tfds', got {kind!r}")

@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from aggpose_jax.keypoints import KeypointSet, get_keypoint_set
+from aggpose_jax.pose.keypoints import KeypointSet, get_keypoint_set
 
 Record = dict[str, Any]
 
@@ -28,14 +29,19 @@ TFDS_NAME = "aggpose_keypoints"  # TFDS dataset name; configs are keypoint-set n
 SPLIT_ALIASES = {"val": "validation", "valid": "validation", "validation": "validation", "train": "train"}
 
 
-def make_record(image_id: int, image_file: str, image_bytes: bytes, bbox: Any, keypoints: Any,
-                score: float, area: float) -> Record:
+def make_record(
+    image_id: int, image_file: str, image_bytes: bytes, bbox: Any, keypoints: Any, score: float, area: float
+) -> Record:
     """A record with the canonical dtypes."""
-    return {"image_id": np.int64(image_id), "image_file": str(image_file),
-            "image_bytes": bytes(image_bytes),
-            "bbox": np.asarray(bbox, np.float32).reshape(4),
-            "keypoints": np.asarray(keypoints, np.float32).reshape(-1, 3),
-            "score": np.float32(score), "area": np.float32(area)}
+    return {
+        "image_id": np.int64(image_id),
+        "image_file": str(image_file),
+        "image_bytes": bytes(image_bytes),
+        "bbox": np.asarray(bbox, np.float32).reshape(4),
+        "keypoints": np.asarray(keypoints, np.float32).reshape(-1, 3),
+        "score": np.float32(score),
+        "area": np.float32(area),
+    }
 
 
 def load_json(path: str) -> Any:
@@ -103,7 +109,7 @@ class _Fields:
         return int(value)
 
 
-def _bulk_numbers(f: "_Fields", rows: list, where_fmt: str, length: int) -> np.ndarray:
+def _bulk_numbers(f: _Fields, rows: list, where_fmt: str, length: int) -> np.ndarray:
     """rows (lists of ``length`` numbers) -> float64 (N, length); the first bad row names its field."""
     try:
         arr = np.asarray(rows, dtype=np.float64).reshape(len(rows), length)
@@ -131,8 +137,10 @@ def _person_category_id(fields: _Fields, categories: list, kset: KeypointSet) ->
     cat_id = fields.integer(fields.get(cat, "id", f"categories[{k}]"), f"categories[{k}].id")
     names = cat.get("keypoints")
     if isinstance(names, list) and names and len(names) != kset.num_joints:
-        raise fields.error(f"categories[{k}].keypoints",
-                           f"{len(names)} joint names but keypoint set '{kset.name}' has {kset.num_joints} joints")
+        raise fields.error(
+            f"categories[{k}].keypoints",
+            f"{len(names)} joint names but keypoint set '{kset.name}' has {kset.num_joints} joints",
+        )
     return cat_id
 
 
@@ -149,8 +157,16 @@ class CocoKeypointSource:
     Picklable; ``__getitem__`` reads the image file then (b'' when it is missing).
     """
 
-    def __init__(self, ann_file: str, image_dir: str, *, keypoint_set: KeypointSet | str, train: bool,
-                 detections_file: str | None = None, det_score_threshold: float = 0.0):
+    def __init__(
+        self,
+        ann_file: str,
+        image_dir: str,
+        *,
+        keypoint_set: KeypointSet | str,
+        train: bool,
+        detections_file: str | None = None,
+        det_score_threshold: float = 0.0,
+    ):
         self.ann_file = os.fspath(ann_file)
         self.image_dir = os.fspath(image_dir)
         self.keypoint_set = get_keypoint_set(keypoint_set)
@@ -158,8 +174,9 @@ class CocoKeypointSource:
         self.detections_file = os.fspath(detections_file) if detections_file else None
         self.det_score_threshold = float(det_score_threshold)
         if self.train and self.detections_file:
-            raise ValueError(f"CocoKeypointSource: detections_file {self.detections_file} is for evaluation "
-                             "only (train=False)")
+            raise ValueError(
+                f"CocoKeypointSource: detections_file {self.detections_file} is for evaluation only (train=False)"
+            )
         images = self._load_annotations()
         if self.detections_file:
             self._load_detections(images)
@@ -212,9 +229,11 @@ class CocoKeypointSource:
             if image_id not in index_of:
                 raise f.error(f"{where}.image_id", f"{image_id} is not an id in 'images'")
             if isinstance(kps_rows[k], list) and len(kps_rows[k]) != 3 * num_joints:
-                raise f.error(f"{where}.keypoints",
-                              f"{len(kps_rows[k])} values, expected {3 * num_joints} ({num_joints} joints x 3) "
-                              f"for keypoint set '{self.keypoint_set.name}'")
+                raise f.error(
+                    f"{where}.keypoints",
+                    f"{len(kps_rows[k])} values, expected {3 * num_joints} ({num_joints} joints x 3) "
+                    f"for keypoint set '{self.keypoint_set.name}'",
+                )
             ann_image[k] = index_of[image_id]
             person[k] = ann.get("category_id", person_id) == person_id and not ann.get("iscrowd", 0)
             if "area" in ann:
@@ -269,8 +288,15 @@ class CocoKeypointSource:
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
-    def from_root(cls, root: str, split: str, *, keypoints: KeypointSet | str = "coco",
-                  detections_file: str | None = None, det_score_threshold: float = 0.0) -> "CocoKeypointSource":
+    def from_root(
+        cls,
+        root: str,
+        split: str,
+        *,
+        keypoints: KeypointSet | str = "coco",
+        detections_file: str | None = None,
+        det_score_threshold: float = 0.0,
+    ) -> CocoKeypointSource:
         """ROOT/annotations/person_keypoints_{split}2017.json with images in ROOT/{split}2017.
 
         ``split`` is 'train' or 'val' ('validation' is accepted). A relative ``detections_file``
@@ -282,9 +308,14 @@ class CocoKeypointSource:
         ann_file = os.path.join(root, "annotations", f"person_keypoints_{split}2017.json")
         if detections_file and not os.path.isabs(detections_file) and not os.path.exists(detections_file):
             detections_file = os.path.join(root, detections_file)
-        return cls(ann_file, os.path.join(root, f"{split}2017"), keypoint_set=keypoints,
-                   train=split == "train", detections_file=detections_file,
-                   det_score_threshold=det_score_threshold)
+        return cls(
+            ann_file,
+            os.path.join(root, f"{split}2017"),
+            keypoint_set=keypoints,
+            train=split == "train",
+            detections_file=detections_file,
+            det_score_threshold=det_score_threshold,
+        )
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:
@@ -303,13 +334,22 @@ class CocoKeypointSource:
                 data = fh.read()
         except OSError:
             data = b""  # the decode stage counts and skips it
-        return make_record(self.image_ids[img], self.image_files[img], data, self._bbox[index],
-                           self._keypoints[index], self._score[index], self._area[index])
+        return make_record(
+            self.image_ids[img],
+            self.image_files[img],
+            data,
+            self._bbox[index],
+            self._keypoints[index],
+            self._score[index],
+            self._area[index],
+        )
 
     def __repr__(self) -> str:
         mode = f"detections={self.detections_file!r}" if self.detections_file else "gt_boxes"
-        return (f"CocoKeypointSource({self.ann_file!r}, {len(self)} people in {len(self.image_files)} images, "
-                f"keypoints={self.keypoint_set.name!r}, train={self.train}, {mode})")
+        return (
+            f"CocoKeypointSource({self.ann_file!r}, {len(self)} people in {len(self.image_files)} images, "
+            f"keypoints={self.keypoint_set.name!r}, train={self.train}, {mode})"
+        )
 
 
 def resolve_tfds_dir(name_or_dir: str | None, data_dir: str | None, keypoints: str) -> str:
@@ -322,21 +362,23 @@ def resolve_tfds_dir(name_or_dir: str | None, data_dir: str | None, keypoints: s
     name = name_or_dir or f"{TFDS_NAME}/{keypoints}"
     candidates = [name]
     if not os.path.isabs(name):
-        base = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"),
-                                                                            "tensorflow_datasets")
+        base = (
+            data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
+        )
         candidates.insert(0, os.path.join(base, name))
     for path in candidates:
         if os.path.isfile(os.path.join(path, "dataset_info.json")):
             return path
         if os.path.isdir(path):
-            versions = [v for v in os.listdir(path)
-                        if os.path.isfile(os.path.join(path, v, "dataset_info.json"))]
+            versions = [v for v in os.listdir(path) if os.path.isfile(os.path.join(path, v, "dataset_info.json"))]
             versions = [v for v in versions if all(p.isdigit() for p in v.split("."))]
             if versions:
                 best = max(versions, key=lambda v: tuple(int(p) for p in v.split(".")))
                 return os.path.join(path, best)
-    raise FileNotFoundError(f"no prepared TFDS dataset at {' or '.join(candidates)} (build it with "
-                            "`python -m aggpose_jax.data.tfds_builder ROOT --keypoints NAME --data-dir DIR`)")
+    raise FileNotFoundError(
+        f"no prepared TFDS dataset at {' or '.join(candidates)} (build it with "
+        "`python -m aggpose_jax.data.tfds_builder ROOT --keypoints NAME --data-dir DIR`)"
+    )
 
 
 class TfdsKeypointSource:
@@ -352,8 +394,15 @@ class TfdsKeypointSource:
       keypoints / keypoint_set: the expected keypoint set (name or KeypointSet); default 'coco'.
     """
 
-    def __init__(self, name_or_dir: str | None = None, split: str = "train", *, data_dir: str | None = None,
-                 keypoints: KeypointSet | str | None = None, keypoint_set: KeypointSet | str | None = None):
+    def __init__(
+        self,
+        name_or_dir: str | None = None,
+        split: str = "train",
+        *,
+        data_dir: str | None = None,
+        keypoints: KeypointSet | str | None = None,
+        keypoint_set: KeypointSet | str | None = None,
+    ):
         self.keypoint_set = get_keypoint_set(keypoint_set or keypoints or "coco")
         self.dataset_dir = resolve_tfds_dir(name_or_dir, data_dir, self.keypoint_set.name)
         base, sep, rest = split.partition("[")
@@ -362,8 +411,10 @@ class TfdsKeypointSource:
         n = self._open()
         shape = tuple(self._source.dataset_info.features["keypoints"].shape)
         if shape != (self.keypoint_set.num_joints, 3):
-            raise ValueError(f"{self.dataset_dir}: features.keypoints has shape {shape}, expected "
-                             f"({self.keypoint_set.num_joints}, 3) for keypoint set '{self.keypoint_set.name}'")
+            raise ValueError(
+                f"{self.dataset_dir}: features.keypoints has shape {shape}, expected "
+                f"({self.keypoint_set.num_joints}, 3) for keypoint set '{self.keypoint_set.name}'"
+            )
         self._len = n
 
     def _open(self) -> int:
@@ -386,8 +437,9 @@ class TfdsKeypointSource:
         file_name = ex["image_file"]
         if isinstance(file_name, bytes):
             file_name = file_name.decode("utf-8")
-        return make_record(ex["image_id"], file_name, ex["image_bytes"], ex["bbox"], ex["keypoints"],
-                           ex["score"], ex["area"])
+        return make_record(
+            ex["image_id"], file_name, ex["image_bytes"], ex["bbox"], ex["keypoints"], ex["score"], ex["area"]
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

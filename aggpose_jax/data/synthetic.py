@@ -20,12 +20,13 @@ import colorsys
 import json
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import cv2
 import numpy as np
 
-from aggpose_jax.keypoints import KeypointSet, get_keypoint_set
+from aggpose_jax.pose.keypoints import KeypointSet, get_keypoint_set
 
 _SHIFT = 4  # cv2 sub-pixel drawing: coordinates in 1/16 px
 _ONE = 1 << _SHIFT
@@ -105,8 +106,10 @@ def _palettes(kset: KeypointSet) -> tuple[list[tuple[int, int, int]], list[tuple
         r, g, b = colorsys.hsv_to_rgb(h % 1.0, s, v)
         return int(b * 255), int(g * 255), int(r * 255)
 
-    edges = [bgr(edge_types.index(tuple(sorted((joint_type[a], joint_type[b])))) * 0.618, 0.9, 0.95)
-             for a, b in kset.skeleton]
+    edges = [
+        bgr(edge_types.index(tuple(sorted((joint_type[a], joint_type[b])))) * 0.618, 0.9, 0.95)
+        for a, b in kset.skeleton
+    ]
     types = sorted(set(joint_type))
     joints = [bgr(types.index(joint_type[j]) * 0.618 + 0.3, 0.6, 1.0) for j in range(kset.num_joints)]
     return edges, joints
@@ -114,13 +117,14 @@ def _palettes(kset: KeypointSet) -> tuple[list[tuple[int, int, int]], list[tuple
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """Muted gradient + low-frequency noise + translucent random shapes + pixel noise (BGR uint8)."""
+
     def muted() -> np.ndarray:
         return 0.55 * rng.uniform(40, 210) + 0.45 * rng.uniform(0, 255, 3)
 
     c1, c2 = muted(), muted()
     theta = rng.uniform(0, 2 * np.pi)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    t = (np.cos(theta) * xx / w + np.sin(theta) * yy / h)
+    t = np.cos(theta) * xx / w + np.sin(theta) * yy / h
     t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
     img = c1[None, None, :] * (1 - t[..., None]) + c2[None, None, :] * t[..., None]
     grid = (max(2, h // 40), max(2, w // 40))
@@ -138,8 +142,9 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
         elif kind == 1:
             cv2.rectangle(overlay, (cx - size, cy - size // 2), (cx + size, cy + size // 2), color, -1)
         else:
-            cv2.ellipse(overlay, (cx, cy), (size, max(1, size // 3)), float(rng.uniform(0, 180)), 0, 360,
-                        color, -1, cv2.LINE_AA)
+            cv2.ellipse(
+                overlay, (cx, cy), (size, max(1, size // 3)), float(rng.uniform(0, 180)), 0, 360, color, -1, cv2.LINE_AA
+            )
         alpha = float(rng.uniform(0.3, 0.7))
         img = cv2.addWeighted(overlay, alpha, img, 1 - alpha, 0)
     noise = rng.normal(0, 5, img.shape)
@@ -174,8 +179,9 @@ class _Figure:
         return hit
 
 
-def _place_figure(rng: np.random.Generator, kset: KeypointSet, h: int, w: int, size: float,
-                  boxes: list[np.ndarray], truncate: bool) -> _Figure | None:
+def _place_figure(
+    rng: np.random.Generator, kset: KeypointSet, h: int, w: int, size: float, boxes: list[np.ndarray], truncate: bool
+) -> _Figure | None:
     body, head, head_r = _POSES[kset.name](rng)
     mean = body.mean(axis=0)
     body, head = body - mean, head - mean
@@ -225,8 +231,9 @@ def _sub(p: np.ndarray) -> tuple[int, int]:
 
 
 def _draw_figure(img: np.ndarray, fig: _Figure, kset: KeypointSet, edge_colors: list, joint_colors: list) -> None:
-    cv2.circle(img, _sub(fig.head), int(fig.head_r * _ONE), (235, 235, 235), max(1, fig.thickness // 2),
-               cv2.LINE_AA, _SHIFT)
+    cv2.circle(
+        img, _sub(fig.head), int(fig.head_r * _ONE), (235, 235, 235), max(1, fig.thickness // 2), cv2.LINE_AA, _SHIFT
+    )
     for (a, b), color in zip(kset.skeleton, edge_colors):
         cv2.line(img, _sub(fig.joints[a]), _sub(fig.joints[b]), color, fig.thickness, cv2.LINE_AA, _SHIFT)
     for j in range(kset.num_joints):
@@ -235,15 +242,16 @@ def _draw_figure(img: np.ndarray, fig: _Figure, kset: KeypointSet, edge_colors: 
         cv2.circle(img, _sub(fig.joints[j]), r, (20, 20, 20), 1, cv2.LINE_AA, _SHIFT)
 
 
-def _render_image(rng: np.random.Generator, kset: KeypointSet, h: int, w: int,
-                  palettes: tuple[list, list]) -> tuple[np.ndarray, list[_Figure]]:
+def _render_image(
+    rng: np.random.Generator, kset: KeypointSet, h: int, w: int, palettes: tuple[list, list]
+) -> tuple[np.ndarray, list[_Figure]]:
     img = _background(rng, h, w)
     n = int(rng.integers(1, 5))
     unit = h / 480.0
     hi = 400.0 if n <= 2 else 300.0
     figures: list[_Figure] = []
     boxes: list[np.ndarray] = []
-    for k in range(n):
+    for _ in range(n):
         size = rng.uniform(130.0, hi) * unit
         fig = _place_figure(rng, kset, h, w, size, boxes, truncate=rng.uniform() < 0.25)
         if fig is None:
@@ -252,7 +260,7 @@ def _render_image(rng: np.random.Generator, kset: KeypointSet, h: int, w: int,
         boxes.append(np.concatenate([fig.joints.min(axis=0), fig.joints.max(axis=0)]))
     # Later figures are drawn over earlier ones: joints under them are occluded (v=1).
     for i, fig in enumerate(figures):
-        for later in figures[i + 1:]:
+        for later in figures[i + 1 :]:
             fig.vis[(fig.vis == 2) & later.covers(fig.joints, kset.skeleton)] = 1
         _draw_figure(img, fig, kset, *palettes)
     # Occluding rectangles over random labelled joints.
@@ -268,7 +276,7 @@ def _render_image(rng: np.random.Generator, kset: KeypointSet, h: int, w: int,
             continue
         color = 0.5 * rng.uniform(50, 200) + 0.5 * rng.uniform(0, 255, 3)
         patch = color[None, None, :] + rng.normal(0, 12, (y1 - y0 + 1, x1 - x0 + 1, 3))
-        img[y0:y1 + 1, x0:x1 + 1] = np.clip(patch, 0, 255).astype(np.uint8)
+        img[y0 : y1 + 1, x0 : x1 + 1] = np.clip(patch, 0, 255).astype(np.uint8)
         for other in figures:
             p = other.joints
             under = (p[:, 0] >= x0 - 0.5) & (p[:, 0] <= x1 + 0.5) & (p[:, 1] >= y0 - 0.5) & (p[:, 1] <= y1 + 0.5)
@@ -288,11 +296,16 @@ def _annotation(fig: _Figure, ann_id: int, image_id: int, h: int, w: int) -> dic
     x0, y0 = np.maximum(lo - margin, 0.0)
     x1, y1 = np.minimum(hi + margin, [w - 1.0, h - 1.0])
     tight = np.maximum(hi - lo, 1.0)
-    return {"id": ann_id, "image_id": image_id, "category_id": 1, "iscrowd": 0,
-            "keypoints": [float(v) if k % 3 < 2 else int(v) for k, v in enumerate(kps.reshape(-1))],
-            "num_keypoints": int(labelled.sum()),
-            "bbox": [round(float(x0), 2), round(float(y0), 2), round(float(x1 - x0), 2), round(float(y1 - y0), 2)],
-            "area": round(float(tight[0] * tight[1]), 2)}
+    return {
+        "id": ann_id,
+        "image_id": image_id,
+        "category_id": 1,
+        "iscrowd": 0,
+        "keypoints": [float(v) if k % 3 < 2 else int(v) for k, v in enumerate(kps.reshape(-1))],
+        "num_keypoints": int(labelled.sum()),
+        "bbox": [round(float(x0), 2), round(float(y0), 2), round(float(x1 - x0), 2), round(float(y1 - y0), 2)],
+        "area": round(float(tight[0] * tight[1]), 2),
+    }
 
 
 def _detections(rng: np.random.Generator, anns: list[dict[str, Any]], image_id: int, h: int, w: int) -> list[dict]:
@@ -304,15 +317,25 @@ def _detections(rng: np.random.Generator, anns: list[dict[str, Any]], image_id: 
         bw, bh = bw * float(np.clip(rng.normal(1, 0.06), 0.8, 1.2)), bh * float(np.clip(rng.normal(1, 0.06), 0.8, 1.2))
         x0, y0 = max(0.0, cx - bw / 2), max(0.0, cy - bh / 2)
         x1, y1 = min(w - 1.0, cx + bw / 2), min(h - 1.0, cy + bh / 2)
-        out.append({"image_id": image_id, "category_id": 1,
-                    "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
-                    "score": round(float(rng.uniform(0.55, 0.99)), 4)})
+        out.append(
+            {
+                "image_id": image_id,
+                "category_id": 1,
+                "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+                "score": round(float(rng.uniform(0.55, 0.99)), 4),
+            }
+        )
     if rng.uniform() < 0.3:
         bw, bh = rng.uniform(0.1, 0.3) * w, rng.uniform(0.2, 0.5) * h
         x0, y0 = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
-        out.append({"image_id": image_id, "category_id": 1,
-                    "bbox": [round(float(x0), 2), round(float(y0), 2), round(float(bw), 2), round(float(bh), 2)],
-                    "score": round(float(rng.uniform(0.02, 0.3)), 4)})
+        out.append(
+            {
+                "image_id": image_id,
+                "category_id": 1,
+                "bbox": [round(float(x0), 2), round(float(y0), 2), round(float(bw), 2), round(float(bh), 2)],
+                "score": round(float(rng.uniform(0.02, 0.3)), 4),
+            }
+        )
     return out
 
 
@@ -321,9 +344,16 @@ def _write_json(path: str, obj: Any) -> None:
         json.dump(obj, f, separators=(",", ":"))
 
 
-def generate_synthetic(out_dir: str, *, keypoints: str = "coco", num_images: int, seed: int,
-                       image_size: Sequence[int] = (480, 640), val_fraction: float = 0.2,
-                       jpeg_quality: int = 92) -> dict[str, Any]:
+def generate_synthetic(
+    out_dir: str,
+    *,
+    keypoints: str = "coco",
+    num_images: int,
+    seed: int,
+    image_size: Sequence[int] = (480, 640),
+    val_fraction: float = 0.2,
+    jpeg_quality: int = 92,
+) -> dict[str, Any]:
     """Write a synthetic COCO-layout dataset under ``out_dir`` (see module docstring).
 
     The first ``num_images - n_val`` images (ids 1, 2, ...) form the train split, the rest val,
@@ -344,8 +374,14 @@ def generate_synthetic(out_dir: str, *, keypoints: str = "coco", num_images: int
     n_train = num_images - n_val
     palettes = _palettes(kset)
     os.makedirs(os.path.join(out_dir, "annotations"), exist_ok=True)
-    summary: dict[str, Any] = {"root": os.path.abspath(out_dir), "keypoints": kset.name, "image_size": (h, w),
-                               "seed": int(seed), "splits": {}, "visibility": {0: 0, 1: 0, 2: 0}}
+    summary: dict[str, Any] = {
+        "root": os.path.abspath(out_dir),
+        "keypoints": kset.name,
+        "image_size": (h, w),
+        "seed": int(seed),
+        "splits": {},
+        "visibility": {0: 0, 1: 0, 2: 0},
+    }
     category = kset.to_coco_category()
     ann_id = 1
     detections: list[dict[str, Any]] = []
@@ -375,10 +411,21 @@ def generate_synthetic(out_dir: str, *, keypoints: str = "coco", num_images: int
             if split == "val":
                 detections.extend(_detections(np.random.default_rng([int(seed), image_id, 7]), anns, image_id, h, w))
         ann_file = os.path.join(out_dir, "annotations", f"person_keypoints_{split}2017.json")
-        _write_json(ann_file, {"info": {"description": f"aggpose-jax synthetic {kset.name} (seed {seed})"},
-                               "images": images, "annotations": annotations, "categories": [category]})
-        summary["splits"][split] = {"ann_file": ann_file, "image_dir": image_dir,
-                                    "images": len(images), "people": len(annotations)}
+        _write_json(
+            ann_file,
+            {
+                "info": {"description": f"aggpose-jax synthetic {kset.name} (seed {seed})"},
+                "images": images,
+                "annotations": annotations,
+                "categories": [category],
+            },
+        )
+        summary["splits"][split] = {
+            "ann_file": ann_file,
+            "image_dir": image_dir,
+            "images": len(images),
+            "people": len(annotations),
+        }
     det_file = os.path.join(out_dir, "person_detections_val2017.json")
     _write_json(det_file, detections)
     summary["detections_file"] = det_file
@@ -387,8 +434,9 @@ def generate_synthetic(out_dir: str, *, keypoints: str = "coco", num_images: int
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="aggpose-synthetic",
-                                     description="Write a synthetic COCO-layout keypoint dataset of stick figures.")
+    parser = argparse.ArgumentParser(
+        prog="aggpose-synthetic", description="Write a synthetic COCO-layout keypoint dataset of stick figures."
+    )
     parser.add_argument("out_dir")
     parser.add_argument("--keypoints", default="coco", choices=sorted(_POSES))
     parser.add_argument("--num-images", type=int, default=200)
@@ -397,15 +445,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--val-fraction", type=float, default=0.2)
     args = parser.parse_args(argv)
     try:
-        s = generate_synthetic(args.out_dir, keypoints=args.keypoints, num_images=args.num_images, seed=args.seed,
-                               image_size=args.image_size, val_fraction=args.val_fraction)
+        s = generate_synthetic(
+            args.out_dir,
+            keypoints=args.keypoints,
+            num_images=args.num_images,
+            seed=args.seed,
+            image_size=args.image_size,
+            val_fraction=args.val_fraction,
+        )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for split, info in s["splits"].items():
         print(f"{split}: {info['images']} images, {info['people']} people -> {info['ann_file']}")
-    print(f"visibility counts (v=0/1/2): {s['visibility'][0]}/{s['visibility'][1]}/{s['visibility'][2]}; "
-          f"{s['num_detections']} detections -> {s['detections_file']}")
+    print(
+        f"visibility counts (v=0/1/2): {s['visibility'][0]}/{s['visibility'][1]}/{s['visibility'][2]}; "
+        f"{s['num_detections']} detections -> {s['detections_file']}"
+    )
     return 0
 
 

@@ -17,16 +17,16 @@ import dataclasses
 import logging
 import os
 import sys
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from aggpose_jax.data.sources import CocoKeypointSource, TfdsKeypointSource, resolve_tfds_dir
-from aggpose_jax.keypoints import KEYPOINT_SETS, get_keypoint_set
+from aggpose_jax.pose.keypoints import KEYPOINT_SETS, get_keypoint_set
 
-__all__ = ["AggposeKeypoints", "KeypointsBuilderConfig", "TfdsKeypointSource", "build", "main",
-           "resolve_tfds_dir"]
+__all__ = ["AggposeKeypoints", "KeypointsBuilderConfig", "TfdsKeypointSource", "build", "main", "resolve_tfds_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,10 @@ class AggposeKeypoints(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Person records (GT boxes, HRNet cleaning), encoded image bytes."}
-    BUILDER_CONFIGS = [KeypointsBuilderConfig(name=k, keypoints=k,
-                                              description=f"{KEYPOINT_SETS[k].num_joints} '{k}' keypoints")
-                       for k in sorted(KEYPOINT_SETS)]
+    BUILDER_CONFIGS = [
+        KeypointsBuilderConfig(name=k, keypoints=k, description=f"{KEYPOINT_SETS[k].num_joints} '{k}' keypoints")
+        for k in sorted(KEYPOINT_SETS)
+    ]
 
     # TFDS derives this from the package via `importlib_resources` (not installed on Python >= 3.9,
     # where TFDS does not require it); it only serves to find a checksums file, which we have none of.
@@ -62,19 +63,24 @@ class AggposeKeypoints(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         num_joints = get_keypoint_set(self.builder_config.keypoints).num_joints
-        features = tfds.features.FeaturesDict({
-            "image_id": tfds.features.Scalar(np.int64),
-            "image_file": tfds.features.Text(),
-            "image_bytes": tfds.features.Tensor(shape=(), dtype=np.object_),
-            "bbox": tfds.features.Tensor(shape=(4,), dtype=np.float32),
-            "keypoints": tfds.features.Tensor(shape=(num_joints, 3), dtype=np.float32),
-            "score": tfds.features.Scalar(np.float32),
-            "area": tfds.features.Scalar(np.float32),
-        })
+        features = tfds.features.FeaturesDict(
+            {
+                "image_id": tfds.features.Scalar(np.int64),
+                "image_file": tfds.features.Text(),
+                "image_bytes": tfds.features.Tensor(shape=(), dtype=np.object_),
+                "bbox": tfds.features.Tensor(shape=(4,), dtype=np.float32),
+                "keypoints": tfds.features.Tensor(shape=(num_joints, 3), dtype=np.float32),
+                "score": tfds.features.Scalar(np.float32),
+                "area": tfds.features.Scalar(np.float32),
+            }
+        )
         return tfds.core.DatasetInfo(
-            builder=self, description="Top-down person records for AggPose (one example per person).",
-            features=features, disable_shuffling=True,
-            homepage="https://github.com/SZAR-LAB/AggPose")
+            builder=self,
+            description="Top-down person records for AggPose (one example per person).",
+            features=features,
+            disable_shuffling=True,
+            homepage="https://github.com/SZAR-LAB/AggPose",
+        )
 
     def _split_generators(self, dl_manager: Any) -> dict[str, Iterator[tuple[int, dict[str, Any]]]]:
         if not self._root:
@@ -82,8 +88,7 @@ class AggposeKeypoints(tfds.core.GeneratorBasedBuilder):
         keypoints = self.builder_config.keypoints
         return {
             "train": self._generate_examples(CocoKeypointSource.from_root(self._root, "train", keypoints=keypoints)),
-            "validation": self._generate_examples(CocoKeypointSource.from_root(self._root, "val",
-                                                                               keypoints=keypoints)),
+            "validation": self._generate_examples(CocoKeypointSource.from_root(self._root, "val", keypoints=keypoints)),
         }
 
     def _generate_examples(self, source: CocoKeypointSource) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -93,8 +98,12 @@ class AggposeKeypoints(tfds.core.GeneratorBasedBuilder):
             missing += not rec["image_bytes"]
             yield i, rec
         if missing:
-            log.warning("%s: %d of %d person records have a missing image file (stored with empty bytes)",
-                        source.ann_file, missing, len(source))
+            log.warning(
+                "%s: %d of %d person records have a missing image file (stored with empty bytes)",
+                source.ann_file,
+                missing,
+                len(source),
+            )
 
 
 def build(root: str, *, keypoints: str = "coco", data_dir: str) -> str:
@@ -108,8 +117,10 @@ def build(root: str, *, keypoints: str = "coco", data_dir: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m aggpose_jax.data.tfds_builder",
-                                     description="Build ArrayRecord (TFDS) shards of a COCO-layout keypoint dataset.")
+    parser = argparse.ArgumentParser(
+        prog="python -m aggpose_jax.data.tfds_builder",
+        description="Build ArrayRecord (TFDS) shards of a COCO-layout keypoint dataset.",
+    )
     parser.add_argument("root", help="dataset root with annotations/person_keypoints_{train,val}2017.json")
     parser.add_argument("--keypoints", default="coco", help="keypoint set: " + ", ".join(sorted(KEYPOINT_SETS)))
     parser.add_argument("--data-dir", required=True, help="TFDS data directory to write into")

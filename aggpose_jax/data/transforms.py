@@ -27,7 +27,7 @@ Training recipe (AggPose release = HRNet ``JointsDataset`` plus colour jitter), 
    OpenCV's fixed-point warp rounding a shifted matrix differently);
 7. bilinear affine crop (``cv2.warpAffine``, ``INTER_LINEAR``, zero border) to ``image_size``;
    joints mapped by the same affine built for ``heatmap_size`` (as the release does), targets by
-   ``aggpose_jax.codec.encode_targets``; ImageNet normalisation in float32.
+   ``aggpose_jax.pose.codec.encode_targets``; ImageNet normalisation in float32.
 
 Randomness comes only from the ``np.random.Generator`` Grain hands to ``RandomMap`` (seeded by the
 pipeline seed and the record's index), so a sample is reproducible from (seed, index).
@@ -40,13 +40,14 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import cv2
 import grain
 import numpy as np
 
-from aggpose_jax import geometry
+from aggpose_jax.pose import geometry
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class AugmentConfig:
     hue: float = 0.1
 
     @classmethod
-    def from_config(cls, aug: Any | None) -> "AugmentConfig":
+    def from_config(cls, aug: Any | None) -> AugmentConfig:
         """From an ml_collections section (or mapping); missing fields keep their defaults."""
         if aug is None:
             return cls()
@@ -101,8 +102,7 @@ def decode_image(data: bytes) -> np.ndarray | None:
     if not data:
         return None
     try:
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8),
-                           cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     except cv2.error:
         return None
     if bgr is None or bgr.ndim != 3 or bgr.shape[0] == 0 or bgr.shape[1] == 0:
@@ -137,7 +137,6 @@ class DecodeImage(grain.transforms.Map):
         element["image"] = image
         return element
 
-
     def _report(self, name: str) -> None:
         try:
             os.makedirs(self.report_dir, exist_ok=True)
@@ -156,6 +155,7 @@ class DropUndecodable(grain.transforms.Filter):
 
 
 # --------------------------------------------------------------------------- colour jitter
+
 
 def adjust_brightness(img: np.ndarray, factor: float) -> np.ndarray:
     lut = np.clip(np.arange(256, dtype=np.float64) * factor, 0, 255).astype(np.uint8)
@@ -188,12 +188,17 @@ def adjust_hue(img: np.ndarray, shift: float) -> np.ndarray:
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
 
 
-_ADJUST = {"brightness": adjust_brightness, "contrast": adjust_contrast,
-           "saturation": adjust_saturation, "hue": adjust_hue}
+_ADJUST = {
+    "brightness": adjust_brightness,
+    "contrast": adjust_contrast,
+    "saturation": adjust_saturation,
+    "hue": adjust_hue,
+}
 
 
-def color_jitter(img: np.ndarray, ops: Sequence[tuple[str, float]],
-                 pivot_image: np.ndarray | None = None) -> np.ndarray:
+def color_jitter(
+    img: np.ndarray, ops: Sequence[tuple[str, float]], pivot_image: np.ndarray | None = None
+) -> np.ndarray:
     """Apply ``(op_name, factor)`` adjustments in the given order to a uint8 RGB image.
 
     ``img`` may be a window of a larger image; the contrast pivot is then the mean grey level of
@@ -228,6 +233,7 @@ def sample_color_jitter(rng: np.random.Generator, aug: AugmentConfig) -> tuple[t
 
 # --------------------------------------------------------------------------- geometry of a sample
 
+
 class TrainParams(NamedTuple):
     """Random choices for one training sample. ``center`` is in the *unflipped* image."""
 
@@ -239,7 +245,10 @@ class TrainParams(NamedTuple):
 
 
 def half_body_center_scale(
-    joints: np.ndarray, visible: np.ndarray, upper_body: Sequence[int], aspect_ratio: float,
+    joints: np.ndarray,
+    visible: np.ndarray,
+    upper_body: Sequence[int],
+    aspect_ratio: float,
     upper_draw: float,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """The release's half-body box, or None when fewer than two joints get chosen.
@@ -261,16 +270,22 @@ def half_body_center_scale(
 
 
 def sample_train_params(
-    rng: np.random.Generator, center: np.ndarray, scale: np.ndarray, joints: np.ndarray,
-    visible: np.ndarray, keypoint_set: Any, aug: AugmentConfig, aspect_ratio: float,
+    rng: np.random.Generator,
+    center: np.ndarray,
+    scale: np.ndarray,
+    joints: np.ndarray,
+    visible: np.ndarray,
+    keypoint_set: Any,
+    aug: AugmentConfig,
+    aspect_ratio: float,
 ) -> TrainParams:
     """Draw half-body, scale, rotation, flip and colour-jitter choices (the release's rules)."""
     c = np.asarray(center, np.float32)
     s = np.asarray(scale, np.float32)
-    if (float(np.sum(np.asarray(visible) > 0)) > keypoint_set.half_body_min_joints
-            and rng.random() < aug.half_body_prob):
-        hb = half_body_center_scale(joints, visible, keypoint_set.upper_body, aspect_ratio,
-                                    upper_draw=float(rng.standard_normal()))
+    if float(np.sum(np.asarray(visible) > 0)) > keypoint_set.half_body_min_joints and rng.random() < aug.half_body_prob:
+        hb = half_body_center_scale(
+            joints, visible, keypoint_set.upper_body, aspect_ratio, upper_draw=float(rng.standard_normal())
+        )
         if hb is not None:
             c, s = hb
     sf, rf = aug.scale_factor, aug.rotation_factor
@@ -294,8 +309,9 @@ def warp_crop(image: np.ndarray, matrix: np.ndarray, image_size_hw: Sequence[int
     return cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR)
 
 
-def _jitter_and_crop(image: np.ndarray, ops: Sequence[tuple[str, float]], trans: np.ndarray,
-                     out_hw: tuple[int, int]) -> np.ndarray:
+def _jitter_and_crop(
+    image: np.ndarray, ops: Sequence[tuple[str, float]], trans: np.ndarray, out_hw: tuple[int, int]
+) -> np.ndarray:
     """Colour-jitter the whole image, then crop -- computed on the window the crop reads.
 
     Jitter is per pixel except the contrast pivot, which is taken from a stride-4 thumbnail of
@@ -312,16 +328,23 @@ def _jitter_and_crop(image: np.ndarray, ops: Sequence[tuple[str, float]], trans:
 
 
 def make_train_sample(
-    image: np.ndarray, joints: np.ndarray, visible: np.ndarray, params: TrainParams,
-    flip_index: np.ndarray, image_size_hw: Sequence[int], heatmap_size_hw: Sequence[int],
-    sigma: float, convention: geometry.Convention = "aggpose", return_uint8: bool = False,
+    image: np.ndarray,
+    joints: np.ndarray,
+    visible: np.ndarray,
+    params: TrainParams,
+    flip_index: np.ndarray,
+    image_size_hw: Sequence[int],
+    heatmap_size_hw: Sequence[int],
+    sigma: float,
+    convention: geometry.Convention = "aggpose",
+    return_uint8: bool = False,
 ) -> dict[str, np.ndarray]:
     """Deterministic part of a training sample: flip, jitter, crop, targets, normalise.
 
     ``joints`` (J, 2) and ``visible`` (J,) are in the original image. With ``return_uint8`` the
     un-normalised crop and the heatmap-space joints are returned too (for tests and plots).
     """
-    from aggpose_jax.codec import encode_targets  # codec sits above geometry; import lazily
+    from aggpose_jax.pose.codec import encode_targets  # codec sits above geometry; import lazily
 
     c = np.array(params.center, dtype=np.float32, copy=True)
     joints = np.asarray(joints, np.float32)[:, :2]
@@ -333,18 +356,19 @@ def make_train_sample(
         c[0] = np.float32(width) - c[0] - np.float32(1.0)
     out_hw = (int(image_size_hw[0]), int(image_size_hw[1]))
     hm_hw = (int(heatmap_size_hw[0]), int(heatmap_size_hw[1]))
-    trans = geometry.get_affine_transform(c, params.scale, params.rotation, out_hw[::-1],
-                                          convention=convention)
+    trans = geometry.get_affine_transform(c, params.scale, params.rotation, out_hw[::-1], convention=convention)
     if params.jitter:
         crop = _jitter_and_crop(image, params.jitter, trans, out_hw)
     else:
         crop = warp_crop(image, trans, out_hw)
-    trans_hm = geometry.get_affine_transform(c, params.scale, params.rotation, hm_hw[::-1],
-                                             convention=convention)
+    trans_hm = geometry.get_affine_transform(c, params.scale, params.rotation, hm_hw[::-1], convention=convention)
     joints_hm = geometry.affine_points(joints, trans_hm).astype(np.float32)
     target, weight = encode_targets(joints_hm, vis, hm_hw, sigma)
-    out = {"image": normalize_image(crop), "target": np.asarray(target, np.float32),
-           "target_weight": np.asarray(weight, np.float32)}
+    out = {
+        "image": normalize_image(crop),
+        "target": np.asarray(target, np.float32),
+        "target_weight": np.asarray(weight, np.float32),
+    }
     if return_uint8:
         out["crop"] = crop
         out["joints_hm"] = joints_hm
@@ -352,6 +376,7 @@ def make_train_sample(
 
 
 # --------------------------------------------------------------------------- Grain transforms
+
 
 @dataclasses.dataclass
 class _Sizes:
@@ -366,9 +391,15 @@ class _Sizes:
 class TrainTransform(grain.transforms.RandomMap):
     """Decoded person record -> {'image', 'target', 'target_weight'} with random augmentation."""
 
-    def __init__(self, keypoint_set: Any, image_size_hw: Sequence[int], heatmap_size_hw: Sequence[int],
-                 sigma: float, aug: AugmentConfig | None = None,
-                 convention: geometry.Convention = "aggpose"):
+    def __init__(
+        self,
+        keypoint_set: Any,
+        image_size_hw: Sequence[int],
+        heatmap_size_hw: Sequence[int],
+        sigma: float,
+        aug: AugmentConfig | None = None,
+        convention: geometry.Convention = "aggpose",
+    ):
         self.keypoint_set = keypoint_set
         self.sizes = _Sizes(tuple(map(int, image_size_hw)), tuple(map(int, heatmap_size_hw)))
         self.sigma = float(sigma)
@@ -379,11 +410,20 @@ class TrainTransform(grain.transforms.RandomMap):
         kps = np.asarray(element["keypoints"], np.float32)
         joints, vis = kps[:, :2], (kps[:, 2] > 0).astype(np.float32)
         center, scale = geometry.box_to_center_scale(element["bbox"], self.sizes.aspect_ratio)
-        params = sample_train_params(rng, center, scale, joints, vis, self.keypoint_set, self.aug,
-                                     self.sizes.aspect_ratio)
-        return make_train_sample(element["image"], joints, vis, params, self.keypoint_set.flip_index,
-                                 self.sizes.image_size_hw, self.sizes.heatmap_size_hw, self.sigma,
-                                 self.convention)
+        params = sample_train_params(
+            rng, center, scale, joints, vis, self.keypoint_set, self.aug, self.sizes.aspect_ratio
+        )
+        return make_train_sample(
+            element["image"],
+            joints,
+            vis,
+            params,
+            self.keypoint_set.flip_index,
+            self.sizes.image_size_hw,
+            self.sizes.heatmap_size_hw,
+            self.sigma,
+            self.convention,
+        )
 
 
 class EvalTransform(grain.transforms.Map):
@@ -396,8 +436,7 @@ class EvalTransform(grain.transforms.Map):
     def map(self, element: dict[str, Any]) -> dict[str, Any]:
         center, scale = geometry.box_to_center_scale(element["bbox"], self.sizes.aspect_ratio)
         hw = self.sizes.image_size_hw
-        trans = geometry.get_affine_transform(center, scale, 0.0, hw[::-1],
-                                              convention=self.convention)
+        trans = geometry.get_affine_transform(center, scale, 0.0, hw[::-1], convention=self.convention)
         crop = warp_crop(element["image"], trans, hw)
         return {
             "image": normalize_image(crop),

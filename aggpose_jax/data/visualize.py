@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import cv2
 import ml_collections
@@ -57,8 +58,14 @@ def render_sample(sample: dict[str, np.ndarray], skeleton: Sequence[tuple[int, i
         ok = sample["target_weight"] > 0
         for a, b in skeleton:
             if ok[a] and ok[b]:
-                cv2.line(tile, tuple(int(round(v)) for v in pts[a]),
-                         tuple(int(round(v)) for v in pts[b]), (255, 255, 255), 1, cv2.LINE_AA)
+                cv2.line(
+                    tile,
+                    tuple(int(round(v)) for v in pts[a]),
+                    tuple(int(round(v)) for v in pts[b]),
+                    (255, 255, 255),
+                    1,
+                    cv2.LINE_AA,
+                )
         for k in np.flatnonzero(ok):
             cv2.circle(tile, tuple(int(round(v)) for v in pts[k]), 2, (0, 255, 255), -1, cv2.LINE_AA)
     elif "valid" in sample and not sample["valid"]:
@@ -66,8 +73,9 @@ def render_sample(sample: dict[str, np.ndarray], skeleton: Sequence[tuple[int, i
     return tile
 
 
-def render_grid(batch: dict[str, np.ndarray], skeleton: Sequence[tuple[int, int]],
-                num: int | None = None, gap: int = 4) -> np.ndarray:
+def render_grid(
+    batch: dict[str, np.ndarray], skeleton: Sequence[tuple[int, int]], num: int | None = None, gap: int = 4
+) -> np.ndarray:
     """Tiles of the first ``num`` samples of a batch, in a near-square grid (uint8 BGR)."""
     n = len(batch["image"]) if num is None else min(num, len(batch["image"]))
     tiles = [render_sample({k: v[i] for k, v in batch.items()}, skeleton) for i in range(n)]
@@ -78,15 +86,27 @@ def render_grid(batch: dict[str, np.ndarray], skeleton: Sequence[tuple[int, int]
     for i, tile in enumerate(tiles):
         r, c = divmod(i, cols)
         y, x = gap + r * (th + gap), gap + c * (tw + gap)
-        grid[y:y + th, x:x + tw] = tile
+        grid[y : y + th, x : x + tw] = tile
     return grid
 
 
 def default_data_config(root: str, keypoints: str) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        "root": root, "source": "coco_json", "tfds_data_dir": "", "keypoints": keypoints,
-        "image_size": (256, 192), "heatmap_size": (64, 48), "sigma": 2.0, "use_gt_bbox": True,
-        "detections_file": "", "det_score_threshold": 0.0, "num_workers": 0, "aug": {}})
+    return ml_collections.ConfigDict(
+        {
+            "root": root,
+            "source": "coco_json",
+            "tfds_data_dir": "",
+            "keypoints": keypoints,
+            "image_size": (256, 192),
+            "heatmap_size": (64, 48),
+            "sigma": 2.0,
+            "use_gt_bbox": True,
+            "detections_file": "",
+            "det_score_threshold": 0.0,
+            "num_workers": 0,
+            "aug": {},
+        }
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,14 +118,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", default="train", choices=("train", "val"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    from aggpose_jax.keypoints import get_keypoint_set
+    from aggpose_jax.pose.keypoints import get_keypoint_set
 
     cfg = default_data_config(args.root, args.keypoints)
     source = pipeline.make_source(cfg, args.split)
     kp_set = get_keypoint_set(args.keypoints)
-    loader = pipeline.make_loader(source, keypoint_set=kp_set, data_config=cfg,
-                                  train=args.split == "train", batch_size=args.num, seed=args.seed,
-                                  shard_index=0, shard_count=1, worker_count=0, prefetch=0)
+    loader = pipeline.make_loader(
+        source,
+        keypoint_set=kp_set,
+        data_config=cfg,
+        train=args.split == "train",
+        batch_size=args.num,
+        seed=args.seed,
+        shard_index=0,
+        shard_count=1,
+        worker_count=0,
+        prefetch=0,
+    )
     it = iter(loader)
     try:
         batch: dict[str, Any] = next(it)

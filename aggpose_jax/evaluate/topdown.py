@@ -17,14 +17,15 @@ import json
 import logging
 import os
 import time
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
-from aggpose_jax import geometry
-from aggpose_jax.codec import decode_heatmaps
-from aggpose_jax.evaluation import coco_eval, postprocess
-from aggpose_jax.evaluation.flip import flip_average, flip_images
+from aggpose_jax.evaluate import coco_eval, postprocess
+from aggpose_jax.pose import geometry
+from aggpose_jax.pose.codec import decode_heatmaps
+from aggpose_jax.pose.flip import flip_average, flip_images
 
 __all__ = ["PersonPredictions", "predict_people", "decode_to_image", "evaluate"]
 
@@ -85,8 +86,9 @@ def predict_people(
     ``flip_index`` given = flip test. Rows with ``valid == False`` (padding) are dropped.
     ``image_size``/``heatmap_size`` (H, W)/(h, w), when given, are checked against the data.
     """
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in
-                                         ("image_ids", "keypoints", "maxvals", "box_scores", "centers", "scales")}
+    parts: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("image_ids", "keypoints", "maxvals", "box_scores", "centers", "scales")
+    }
 
     def finish(meta: dict[str, np.ndarray], out: Any, out_flipped: Any) -> None:
         hm = np.asarray(out, dtype=np.float32)
@@ -100,8 +102,9 @@ def predict_people(
         if not keep.any():
             return
         hm = hm[keep]
-        pts, maxvals = decode_to_image(hm, meta["center"][keep], meta["scale"][keep],
-                                       decode=decode, convention=convention)
+        pts, maxvals = decode_to_image(
+            hm, meta["center"][keep], meta["scale"][keep], decode=decode, convention=convention
+        )
         parts["image_ids"].append(meta["image_id"][keep].astype(np.int64))
         parts["keypoints"].append(pts)
         parts["maxvals"].append(maxvals)
@@ -126,9 +129,14 @@ def predict_people(
         finish(*pending)
 
     if not parts["image_ids"]:
-        return PersonPredictions(np.zeros((0,), np.int64), np.zeros((0, 0, 2), np.float32),
-                                 np.zeros((0, 0), np.float32), np.zeros((0,), np.float32),
-                                 np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32))
+        return PersonPredictions(
+            np.zeros((0,), np.int64),
+            np.zeros((0, 0, 2), np.float32),
+            np.zeros((0, 0), np.float32),
+            np.zeros((0,), np.float32),
+            np.zeros((0, 2), np.float32),
+            np.zeros((0, 2), np.float32),
+        )
     return PersonPredictions(**{k: np.concatenate(v) for k, v in parts.items()})
 
 
@@ -199,20 +207,35 @@ def evaluate(
     os.makedirs(out_dir, exist_ok=True)
     sigmas = np.asarray(keypoint_set.sigmas, dtype=np.float64)
     preds = predict_people(
-        predict_fn, loader,
+        predict_fn,
+        loader,
         flip_index=np.asarray(keypoint_set.flip_index) if flip_test else None,
-        decode=decode, image_size=image_size, heatmap_size=heatmap_size,
-        shift_heatmap=shift_heatmap, convention=convention)
+        decode=decode,
+        image_size=image_size,
+        heatmap_size=heatmap_size,
+        shift_heatmap=shift_heatmap,
+        convention=convention,
+    )
     if len(preds) and preds.keypoints.shape[1] != sigmas.shape[0]:
-        raise ValueError(f"evaluate: model predicts {preds.keypoints.shape[1]} joints but keypoint set "
-                         f"'{getattr(keypoint_set, 'name', '?')}' has {sigmas.shape[0]}")
+        raise ValueError(
+            f"evaluate: model predicts {preds.keypoints.shape[1]} joints but keypoint set "
+            f"'{getattr(keypoint_set, 'name', '?')}' has {sigmas.shape[0]}"
+        )
     results = postprocess.build_results(
-        preds.image_ids, preds.keypoints, preds.maxvals, preds.box_scores, preds.scales, sigmas,
-        oks_nms_thre=oks_nms_thre, in_vis_thre=in_vis_thre)
+        preds.image_ids,
+        preds.keypoints,
+        preds.maxvals,
+        preds.box_scores,
+        preds.scales,
+        sigmas,
+        oks_nms_thre=oks_nms_thre,
+        in_vis_thre=in_vis_thre,
+    )
     merged = _gather_results(results, out_dir)
     stats_path = os.path.join(out_dir, "stats.json")
     if merged is None:  # not process 0: wait for its stats
         from jax.experimental import multihost_utils
+
         multihost_utils.sync_global_devices("aggpose_eval_stats_written")
         with open(stats_path, encoding="utf-8") as f:
             return json.load(f)
@@ -228,15 +251,25 @@ def evaluate(
     coco_eval.save_stats(stats, stats_path)
     if draw_images > 0 and merged:
         try:
-            from aggpose_jax.evaluation.draw import draw_predictions, image_paths_for
-            paths = image_paths_for(coco_gt, image_dir or _default_image_dir(ann_file),
-                                    [r["image_id"] for r in merged], limit=draw_images)
-            draw_predictions(paths, merged, keypoint_set, os.path.join(out_dir, "predictions.png"),
-                             max_images=draw_images, kpt_thre=in_vis_thre)
+            from aggpose_jax.evaluate.draw import draw_predictions, image_paths_for
+
+            paths = image_paths_for(
+                coco_gt, image_dir or _default_image_dir(ann_file), [r["image_id"] for r in merged], limit=draw_images
+            )
+            draw_predictions(
+                paths,
+                merged,
+                keypoint_set,
+                os.path.join(out_dir, "predictions.png"),
+                max_images=draw_images,
+                kpt_thre=in_vis_thre,
+            )
         except (OSError, ValueError) as e:  # drawing is a convenience; never lose the stats
             log.warning("evaluate: could not draw predictions: %s", e)
     import jax
+
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
+
         multihost_utils.sync_global_devices("aggpose_eval_stats_written")
     return stats

@@ -33,8 +33,7 @@ def flip_heatmaps(heatmaps: np.ndarray, flip_index: np.ndarray, *, shift: bool =
     if heatmaps.ndim != 4:
         raise ValueError(f"flip_heatmaps: heatmaps must be (N, h, w, J), got shape {heatmaps.shape}")
     if flip_index.shape != (heatmaps.shape[-1],):
-        raise ValueError(
-            f"flip_heatmaps: flip_index has shape {flip_index.shape} for {heatmaps.shape[-1]} joints")
+        raise ValueError(f"flip_heatmaps: flip_index has shape {flip_index.shape} for {heatmaps.shape[-1]} joints")
     out = heatmaps[:, :, ::-1, :][..., flip_index]
     if shift:
         out = out.copy()
@@ -42,8 +41,9 @@ def flip_heatmaps(heatmaps: np.ndarray, flip_index: np.ndarray, *, shift: bool =
     return np.ascontiguousarray(out)
 
 
-def flip_average(heatmaps: np.ndarray, heatmaps_flipped: np.ndarray, flip_index: np.ndarray,
-                 *, shift: bool = False) -> np.ndarray:
+def flip_average(
+    heatmaps: np.ndarray, heatmaps_flipped: np.ndarray, flip_index: np.ndarray, *, shift: bool = False
+) -> np.ndarray:
     """Mean of the plain heatmaps and the flipped-back heatmaps of the mirrored crops (float32)."""
     back = flip_heatmaps(heatmaps_flipped, flip_index, shift=shift)
     return ((np.asarray(heatmaps, np.float32) + back.astype(np.float32)) * 0.5).astype(np.float32)

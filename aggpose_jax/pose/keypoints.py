@@ -8,7 +8,8 @@ set). Any COCO-format ``categories`` entry can be turned into a set with
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -102,14 +103,26 @@ class KeypointSet:
         return hash(self._key())
 
     def _key(self) -> tuple[Any, ...]:
-        return (self.name, self.names, self.flip_pairs, self.upper_body, self.lower_body,
-                self.skeleton, tuple(self.sigmas.tolist()), self.half_body_min_joints)
+        return (
+            self.name,
+            self.names,
+            self.flip_pairs,
+            self.upper_body,
+            self.lower_body,
+            self.skeleton,
+            tuple(self.sigmas.tolist()),
+            self.half_body_min_joints,
+        )
 
     def to_coco_category(self, category_id: int = 1, supercategory: str = "person") -> dict[str, Any]:
         """COCO ``categories`` entry (skeleton 1-based, as in COCO files)."""
-        return {"id": int(category_id), "name": "person", "supercategory": supercategory,
-                "keypoints": list(self.names),
-                "skeleton": [[a + 1, b + 1] for a, b in self.skeleton]}
+        return {
+            "id": int(category_id),
+            "name": "person",
+            "supercategory": supercategory,
+            "keypoints": list(self.names),
+            "skeleton": [[a + 1, b + 1] for a, b in self.skeleton],
+        }
 
     @classmethod
     def from_coco_category(
@@ -121,7 +134,7 @@ class KeypointSet:
         upper_body: Iterable[int] | None = None,
         half_body_min_joints: int = 8,
         name: str | None = None,
-    ) -> "KeypointSet":
+    ) -> KeypointSet:
         """Build a set from a COCO ``categories`` entry.
 
         Joint names come from ``category['keypoints']``; the skeleton from ``category['skeleton']``
@@ -142,27 +155,68 @@ class KeypointSet:
             skeleton.append((a, b))
         upper = tuple(sorted(int(i) for i in (upper_body or ())))
         lower = tuple(i for i in range(len(names)) if i not in set(upper))
-        return cls(name=name or str(category.get("name", "custom")), names=names,
-                   flip_pairs=_pairs(flip_pairs), upper_body=upper, lower_body=lower,
-                   skeleton=tuple(skeleton), sigmas=np.asarray(sigmas, np.float32),
-                   half_body_min_joints=half_body_min_joints)
+        return cls(
+            name=name or str(category.get("name", "custom")),
+            names=names,
+            flip_pairs=_pairs(flip_pairs),
+            upper_body=upper,
+            lower_body=lower,
+            skeleton=tuple(skeleton),
+            sigmas=np.asarray(sigmas, np.float32),
+            half_body_min_joints=half_body_min_joints,
+        )
 
 
 # COCO-17 (HRNet's upper body 0-10, lower 11-16; COCO's standard 19-edge skeleton, 0-based).
 COCO17 = KeypointSet(
     name="coco",
-    names=("nose", "left_eye", "right_eye", "left_ear", "right_ear",
-           "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
-           "left_wrist", "right_wrist", "left_hip", "right_hip",
-           "left_knee", "right_knee", "left_ankle", "right_ankle"),
+    names=(
+        "nose",
+        "left_eye",
+        "right_eye",
+        "left_ear",
+        "right_ear",
+        "left_shoulder",
+        "right_shoulder",
+        "left_elbow",
+        "right_elbow",
+        "left_wrist",
+        "right_wrist",
+        "left_hip",
+        "right_hip",
+        "left_knee",
+        "right_knee",
+        "left_ankle",
+        "right_ankle",
+    ),
     flip_pairs=((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)),
     upper_body=tuple(range(11)),
     lower_body=tuple(range(11, 17)),
-    skeleton=((15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6),
-              (5, 7), (6, 8), (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4),
-              (3, 5), (4, 6)),
-    sigmas=(np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62,
-                      1.07, 1.07, .87, .87, .89, .89]) / 10.0).astype(np.float32),
+    skeleton=(
+        (15, 13),
+        (13, 11),
+        (16, 14),
+        (14, 12),
+        (11, 12),
+        (5, 11),
+        (6, 12),
+        (5, 6),
+        (5, 7),
+        (6, 8),
+        (7, 9),
+        (8, 10),
+        (1, 2),
+        (0, 1),
+        (0, 2),
+        (1, 3),
+        (2, 4),
+        (3, 5),
+        (4, 6),
+    ),
+    sigmas=(
+        np.array([0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89])
+        / 10.0
+    ).astype(np.float32),
     half_body_min_joints=8,
 )
 
@@ -170,14 +224,32 @@ COCO17 = KeypointSet(
 # M1 head, M2 neck, M3 navel.
 INFANT21 = KeypointSet(
     name="infant",
-    names=tuple(f"R{i}" for i in range(1, 10)) + tuple(f"L{i}" for i in range(1, 10))
-    + ("M1", "M2", "M3"),
+    names=tuple(f"R{i}" for i in range(1, 10)) + tuple(f"L{i}" for i in range(1, 10)) + ("M1", "M2", "M3"),
     flip_pairs=tuple((i, i + 9) for i in range(9)),
     upper_body=(0, 1, 2, 3, 4, 9, 10, 11, 12, 13, 18, 19),
     lower_body=(5, 6, 7, 8, 14, 15, 16, 17, 20),
-    skeleton=((0, 18), (9, 18), (18, 19), (19, 1), (1, 2), (2, 3), (3, 4), (19, 10), (10, 11),
-              (11, 12), (12, 13), (19, 20), (20, 5), (5, 6), (6, 7), (7, 8), (20, 14), (14, 15),
-              (15, 16), (16, 17)),
+    skeleton=(
+        (0, 18),
+        (9, 18),
+        (18, 19),
+        (19, 1),
+        (1, 2),
+        (2, 3),
+        (3, 4),
+        (19, 10),
+        (10, 11),
+        (11, 12),
+        (12, 13),
+        (19, 20),
+        (20, 5),
+        (5, 6),
+        (6, 7),
+        (7, 8),
+        (20, 14),
+        (14, 15),
+        (15, 16),
+        (16, 17),
+    ),
     sigmas=np.full((21,), 0.05, np.float32),
     half_body_min_joints=9,
 )

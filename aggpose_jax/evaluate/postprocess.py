@@ -12,7 +12,8 @@ As the HRNet/AggPose COCO evaluation:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -30,8 +31,9 @@ def rescore(box_scores: np.ndarray, maxvals: np.ndarray, in_vis_thre: float = 0.
     return (np.asarray(box_scores, dtype=np.float64) * kpt_score).astype(np.float32)
 
 
-def oks_matrix(kpts_a: np.ndarray, kpts_b: np.ndarray, areas_a: np.ndarray, areas_b: np.ndarray,
-               sigmas: np.ndarray) -> np.ndarray:
+def oks_matrix(
+    kpts_a: np.ndarray, kpts_b: np.ndarray, areas_a: np.ndarray, areas_b: np.ndarray, sigmas: np.ndarray
+) -> np.ndarray:
     """OKS between every pair of (A, J, >=2) and (B, J, >=2) poses -> (A, B).
 
     HRNet's ``oks_iou`` with all joints: ``mean_j exp(-d^2 / (2 s^2))`` with
@@ -46,8 +48,9 @@ def oks_matrix(kpts_a: np.ndarray, kpts_b: np.ndarray, areas_a: np.ndarray, area
     return np.exp(-e).mean(axis=-1)
 
 
-def oks_nms(kpts: np.ndarray, scores: np.ndarray, areas: np.ndarray, sigmas: np.ndarray,
-            thre: float = 0.9) -> np.ndarray:
+def oks_nms(
+    kpts: np.ndarray, scores: np.ndarray, areas: np.ndarray, sigmas: np.ndarray, thre: float = 0.9
+) -> np.ndarray:
     """Indices (into the inputs, best score first) of the poses that survive greedy OKS-NMS."""
     n = len(scores)
     if n == 0:
@@ -105,12 +108,14 @@ def build_results(
             keep = oks_nms(keypoints[idx], scores[idx], areas[idx], sigmas, oks_nms_thre)
             idx = idx[np.sort(keep)]
         for i in idx:
-            results.append({
-                "image_id": int(img),
-                "category_id": int(category_id),
-                "keypoints": [float(v) for v in flat[i]],
-                "score": float(scores[i]),
-            })
+            results.append(
+                {
+                    "image_id": int(img),
+                    "category_id": int(category_id),
+                    "keypoints": [float(v) for v in flat[i]],
+                    "score": float(scores[i]),
+                }
+            )
     return results
 
 

@@ -7,7 +7,8 @@ import io
 import json
 import logging
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -64,8 +65,7 @@ def coco_keypoint_eval(
         return {k: 0.0 for k in STAT_NAMES}, "no predictions"
     num_kpts = len(results[0]["keypoints"]) // 3
     if num_kpts != sigmas.shape[0]:
-        raise ValueError(
-            f"coco_keypoint_eval: results have {num_kpts} keypoints but {sigmas.shape[0]} sigmas")
+        raise ValueError(f"coco_keypoint_eval: results have {num_kpts} keypoints but {sigmas.shape[0]} sigmas")
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         coco_dt = coco_gt.loadRes(list(results))

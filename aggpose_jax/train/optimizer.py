@@ -15,44 +15,31 @@ import jax
 import jax.numpy as jnp
 import optax
 
-DECAY_MASKS = ('kernels', 'all', 'none')
-SCHEDULES = ('multistep', 'cosine', 'constant')
+from aggpose_jax.params import path_name
+
+DECAY_MASKS = ("kernels", "all", "none")
+SCHEDULES = ("multistep", "cosine", "constant")
 
 
-def path_name(path: tuple[Any, ...]) -> str:
-    """'a/b/c' from a jax key path (dict keys, attributes or indices)."""
-    parts = []
-    for key in path:
-        for attr in ('key', 'name', 'idx'):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-        else:
-            parts.append(str(key))
-    return '/'.join(parts)
-
-
-def named_leaves(params: Any) -> list[tuple[str, Any]]:
-    return [(path_name(p), leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]]
-
-
-def decay_mask(params: Any, mode: str = 'kernels') -> Any:
+def decay_mask(params: Any, mode: str = "kernels") -> Any:
     """True where weight decay applies.
 
     'kernels': Linear/Conv kernels only (no decay on LayerNorm scales/biases and on biases);
     'all': every parameter (what the release's ``torch.optim.AdamW(model.parameters())`` does); 'none'.
     """
     if mode not in DECAY_MASKS:
-        raise ValueError(f'config.optim.decay_mask: must be one of {DECAY_MASKS}, got {mode!r}')
+        raise ValueError(f"config.optim.decay_mask: must be one of {DECAY_MASKS}, got {mode!r}")
     return jax.tree_util.tree_map_with_path(
-        lambda p, _: mode == 'all' or (mode == 'kernels' and path_name(p).split('/')[-1] == 'kernel'), params)
+        lambda p, _: mode == "all" or (mode == "kernels" and path_name(p).split("/")[-1] == "kernel"), params
+    )
 
 
 def freeze_labels(params: Any, patterns: Sequence[str]) -> Any:
     """'frozen' for parameters whose path ('a/b/c') matches any regex in ``patterns`` (re.search), else 'train'."""
     compiled = [re.compile(p) for p in patterns]
     return jax.tree_util.tree_map_with_path(
-        lambda p, _: 'frozen' if any(c.search(path_name(p)) for c in compiled) else 'train', params)
+        lambda p, _: "frozen" if any(c.search(path_name(p)) for c in compiled) else "train", params
+    )
 
 
 def make_schedule(opt: Any, total_updates: int, updates_per_epoch: float) -> optax.Schedule:
@@ -65,14 +52,21 @@ def make_schedule(opt: Any, total_updates: int, updates_per_epoch: float) -> opt
     lr = float(opt.lr)
     warmup = int(round(float(opt.warmup_epochs) * updates_per_epoch))
     init = float(opt.warmup_init_factor)
-    if opt.schedule == 'cosine':
+    if opt.schedule == "cosine":
         return optax.warmup_cosine_decay_schedule(
-            init_value=lr * init if warmup else lr, peak_value=lr, warmup_steps=warmup,
-            decay_steps=max(int(total_updates), warmup + 1), end_value=lr * float(opt.final_lr_factor))
+            init_value=lr * init if warmup else lr,
+            peak_value=lr,
+            warmup_steps=warmup,
+            decay_steps=max(int(total_updates), warmup + 1),
+            end_value=lr * float(opt.final_lr_factor),
+        )
     if opt.schedule not in SCHEDULES:
-        raise ValueError(f'config.optim.schedule: must be one of {SCHEDULES}, got {opt.schedule!r}')
-    boundaries = sorted(int(round(float(e) * updates_per_epoch)) for e in opt.decay_epochs) \
-        if opt.schedule == 'multistep' else []
+        raise ValueError(f"config.optim.schedule: must be one of {SCHEDULES}, got {opt.schedule!r}")
+    boundaries = (
+        sorted(int(round(float(e) * updates_per_epoch)) for e in opt.decay_epochs)
+        if opt.schedule == "multistep"
+        else []
+    )
     factor = float(opt.decay_factor)
 
     def schedule(count: Any) -> jax.Array:
@@ -88,30 +82,38 @@ def make_schedule(opt: Any, total_updates: int, updates_per_epoch: float) -> opt
     return schedule
 
 
-def make_optimizer(opt: Any, params: Any, *, total_updates: int, updates_per_epoch: float,
-                   freeze: Sequence[str] = ()) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+    opt: Any, params: Any, *, total_updates: int, updates_per_epoch: float, freeze: Sequence[str] = ()
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """(optimizer, schedule) from ``config.optim``.
 
     Chain: global-norm clipping (``grad_clip_norm`` > 0) -> AdamW with the decay mask; frozen
     parameters (``freeze`` regexes) get zero updates (and no decay); ``grad_accum_steps`` > 1 wraps
     everything in ``optax.MultiSteps`` (one update every k calls, mean gradient).
     """
-    if opt.name != 'adamw':
+    if opt.name != "adamw":
         raise ValueError(f"config.optim.name: only 'adamw' is supported, got {opt.name!r}")
     schedule = make_schedule(opt, total_updates, updates_per_epoch)
     parts = []
     if float(opt.grad_clip_norm) > 0:
         parts.append(optax.clip_by_global_norm(float(opt.grad_clip_norm)))
-    parts.append(optax.adamw(schedule, b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps),
-                             weight_decay=float(opt.weight_decay), mask=decay_mask(params, opt.decay_mask)))
+    parts.append(
+        optax.adamw(
+            schedule,
+            b1=float(opt.b1),
+            b2=float(opt.b2),
+            eps=float(opt.eps),
+            weight_decay=float(opt.weight_decay),
+            mask=decay_mask(params, opt.decay_mask),
+        )
+    )
     tx = optax.chain(*parts)
     if freeze:
-        tx = optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, freeze_labels(params, freeze))
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, freeze_labels(params, freeze))
     k = int(opt.grad_accum_steps)
     if k > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=k)
     return tx, schedule
 
 
-__all__ = ['DECAY_MASKS', 'SCHEDULES', 'path_name', 'named_leaves', 'decay_mask', 'freeze_labels',
-           'make_schedule', 'make_optimizer']
+__all__ = ["DECAY_MASKS", "SCHEDULES", "decay_mask", "freeze_labels", "make_schedule", "make_optimizer"]

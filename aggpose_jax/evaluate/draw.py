@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
 
 __all__ = ["image_paths_for", "draw_skeleton", "draw_predictions"]
 
-ImageLike = Union[str, os.PathLike, np.ndarray]
+ImageLike = str | os.PathLike | np.ndarray
 
 
-def image_paths_for(coco_gt: Any, image_dir: str, image_ids: Sequence[int],
-                    limit: int = 4) -> list[tuple[int, str]]:
+def image_paths_for(coco_gt: Any, image_dir: str, image_ids: Sequence[int], limit: int = 4) -> list[tuple[int, str]]:
     """(image_id, path) of the first ``limit`` distinct ``image_ids`` (order kept), via the
     ``file_name`` of a loaded pycocotools ``COCO`` object."""
     out: list[tuple[int, str]] = []
@@ -36,22 +36,32 @@ def _color(i: int, n: int) -> tuple[int, int, int]:
     return int(b), int(g), int(r)
 
 
-def draw_skeleton(image_bgr: np.ndarray, keypoints: np.ndarray, skeleton: Sequence[Sequence[int]],
-                  *, kpt_thre: float = 0.2, radius: int = 3, thickness: int = 2) -> np.ndarray:
+def draw_skeleton(
+    image_bgr: np.ndarray,
+    keypoints: np.ndarray,
+    skeleton: Sequence[Sequence[int]],
+    *,
+    kpt_thre: float = 0.2,
+    radius: int = 3,
+    thickness: int = 2,
+) -> np.ndarray:
     """Draw one person's joints (J, 3) = (x, y, score) in place; joints at or below ``kpt_thre``
     and limbs touching them are skipped."""
     kp = np.asarray(keypoints, dtype=np.float64).reshape(-1, 3)
     ok = (kp[:, 2] > kpt_thre) & np.isfinite(kp[:, :2]).all(axis=1)
     for li, (a, b) in enumerate(skeleton):
         if a < len(kp) and b < len(kp) and ok[a] and ok[b]:
-            cv2.line(image_bgr, (int(round(kp[a, 0])), int(round(kp[a, 1]))),
-                     (int(round(kp[b, 0])), int(round(kp[b, 1]))), _color(li, len(skeleton)),
-                     thickness, cv2.LINE_AA)
+            cv2.line(
+                image_bgr,
+                (int(round(kp[a, 0])), int(round(kp[a, 1]))),
+                (int(round(kp[b, 0])), int(round(kp[b, 1]))),
+                _color(li, len(skeleton)),
+                thickness,
+                cv2.LINE_AA,
+            )
     for j in np.nonzero(ok)[0]:
-        cv2.circle(image_bgr, (int(round(kp[j, 0])), int(round(kp[j, 1]))), radius,
-                   (255, 255, 255), -1, cv2.LINE_AA)
-        cv2.circle(image_bgr, (int(round(kp[j, 0])), int(round(kp[j, 1]))), radius,
-                   (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.circle(image_bgr, (int(round(kp[j, 0])), int(round(kp[j, 1]))), radius, (255, 255, 255), -1, cv2.LINE_AA)
+        cv2.circle(image_bgr, (int(round(kp[j, 0])), int(round(kp[j, 1]))), radius, (0, 0, 0), 1, cv2.LINE_AA)
     return image_bgr
 
 
@@ -94,8 +104,11 @@ def draw_predictions(
     for img_id, image in items:
         canvas = _load(image).copy()
         scale = tile_height / canvas.shape[0]
-        canvas = cv2.resize(canvas, (max(1, int(round(canvas.shape[1] * scale))), tile_height),
-                            interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        canvas = cv2.resize(
+            canvas,
+            (max(1, int(round(canvas.shape[1] * scale))), tile_height),
+            interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
+        )
         for kp in by_image.get(int(img_id), []):
             kp = kp.reshape(-1, 3).copy()
             kp[:, :2] *= scale
@@ -108,7 +121,7 @@ def draw_predictions(
     grid = np.zeros((rows * tile_height, columns * tile_w, 3), np.uint8)
     for i, t in enumerate(tiles):
         r, c = divmod(i, columns)
-        grid[r * tile_height:(r + 1) * tile_height, c * tile_w:c * tile_w + t.shape[1]] = t
+        grid[r * tile_height : (r + 1) * tile_height, c * tile_w : c * tile_w + t.shape[1]] = t
     os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
     if not cv2.imwrite(out_png, grid):
         raise OSError(f"draw_predictions: cannot write {out_png}")

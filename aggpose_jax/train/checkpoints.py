@@ -34,28 +34,35 @@ class _NoMetricsWarningFilter(logging.Filter):
     """Orbax warns on every save without metrics once metrics are tracked; most saves have none."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return 'did not provide metrics' not in record.getMessage()
+        return "did not provide metrics" not in record.getMessage()
 
 
-logging.getLogger('absl').addFilter(_NoMetricsWarningFilter())
+logging.getLogger("absl").addFilter(_NoMetricsWarningFilter())
 
 
 class TrainCheckpointer:
     """Save/restore ``(state pytree, data iterator)`` pairs under ``directory``."""
 
-    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True, best_metric: str = 'AP'):
+    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True, best_metric: str = "AP"):
         self.directory = os.path.abspath(directory)
         self.best_metric = best_metric
-        policy = ocm.AnyPreservationPolicy([
-            ocm.LatestN(n=int(keep)),
-            ocm.BestN(get_metric_fn=lambda m: float(m[best_metric]), n=1, keep_checkpoints_without_metrics=False),
-        ])
+        policy = ocm.AnyPreservationPolicy(
+            [
+                ocm.LatestN(n=int(keep)),
+                ocm.BestN(get_metric_fn=lambda m: float(m[best_metric]), n=1, keep_checkpoints_without_metrics=False),
+            ]
+        )
         # best_fn only makes Orbax persist the metrics (so that 'best' survives restarts); retention is
         # decided by the preservation policy.
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy, best_fn=lambda m: float(m[best_metric]), best_mode='max',
-            enable_async_checkpointing=bool(async_save), create=True, cleanup_tmp_directories=True)
-        self.manager = ocp.CheckpointManager(self.directory, item_names=('state', 'data'), options=options)
+            preservation_policy=policy,
+            best_fn=lambda m: float(m[best_metric]),
+            best_mode="max",
+            enable_async_checkpointing=bool(async_save),
+            create=True,
+            cleanup_tmp_directories=True,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, item_names=("state", "data"), options=options)
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -65,8 +72,11 @@ class TrainCheckpointer:
 
     def best_step(self) -> int | None:
         """The preserved step with the highest ``best_metric`` (None before any evaluation)."""
-        scored = [(float(m[self.best_metric]), step) for step in self.manager.all_steps()
-                  if (m := self.manager.metrics(step)) and self.best_metric in m]
+        scored = [
+            (float(m[self.best_metric]), step)
+            for step in self.manager.all_steps()
+            if (m := self.manager.metrics(step)) and self.best_metric in m
+        ]
         return max(scored)[1] if scored else None
 
     def save(self, step: int, state: Any, data_iterator: Any, metrics: dict[str, float] | None = None) -> None:
@@ -74,18 +84,15 @@ class TrainCheckpointer:
         if step in self.manager.all_steps():  # e.g. the final step was already saved by the periodic save
             return
         clean = None if metrics is None else {k: float(v) for k, v in metrics.items()}
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                  data=grain.checkpoint.CheckpointSave(data_iterator))
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)
+        )
         self.manager.save(int(step), args=args, metrics=clean, force=True)
 
     def restore(self, step: int, abstract_state: Any, data_iterator: Any) -> Any:
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                  data=grain.checkpoint.CheckpointRestore(data_iterator))
-        return self.manager.restore(int(step), args=args).state
-
-    def restore_state(self, step: int, abstract_state: Any) -> Any:
-        """Only the train state of ``step`` (e.g. to evaluate it)."""
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(data_iterator)
+        )
         return self.manager.restore(int(step), args=args).state
 
     def restore_latest(self, abstract_state: Any, data_iterator: Any) -> tuple[int, Any] | None:
@@ -98,20 +105,24 @@ class TrainCheckpointer:
             except Exception as err:  # noqa: BLE001 -- orbax/tensorstore raise many types
                 first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
                 moved = self._move_aside(step)
-                warnings.warn(f'checkpoint step {step} in {self.directory} could not be restored '
-                              f'({type(err).__name__}: {first}); moved to {moved}; trying the previous one',
-                              CorruptCheckpointWarning, stacklevel=2)
+                warnings.warn(
+                    f"checkpoint step {step} in {self.directory} could not be restored "
+                    f"({type(err).__name__}: {first}); moved to {moved}; trying the previous one",
+                    CorruptCheckpointWarning,
+                    stacklevel=2,
+                )
         return None
 
     def _move_aside(self, step: int) -> str:
         src = os.path.join(self.directory, str(step))
-        dest = os.path.join(self.directory + '_corrupt', f'{step}-{int(time.time())}')
+        dest = os.path.join(self.directory + "_corrupt", f"{step}-{int(time.time())}")
         if jax.process_index() == 0 and os.path.exists(src):
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             shutil.move(src, dest)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
-            multihost_utils.sync_global_devices(f'aggpose_corrupt_checkpoint_{step}')
+
+            multihost_utils.sync_global_devices(f"aggpose_corrupt_checkpoint_{step}")
         self.manager.reload()
         return dest
 
@@ -127,4 +138,33 @@ class TrainCheckpointer:
         self.manager.close()
 
 
-__all__ = ['CorruptCheckpointWarning', 'TrainCheckpointer']
+def restore_params(directory: str, abstract_params: Any, *, which: str = "latest") -> tuple[int, Any]:
+    """(step, params) of the ``which`` ('latest' or 'best') checkpoint under ``directory``, read-only.
+
+    Only the parameters are read (no optimizer state, no data iterator). Host-local arrays, placed on
+    the first local device.
+    """
+    if which not in ("latest", "best"):
+        raise ValueError(f"which: must be 'latest' or 'best', got {which!r}")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{directory}: no training checkpoints (the folder does not exist)")
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    with ocp.CheckpointManager(directory, item_names=("state", "data"), options=options) as manager:
+        step = manager.latest_step()
+        if which == "best":
+            scored = [(float(m["AP"]), s) for s in manager.all_steps() if (m := manager.metrics(s)) and "AP" in m]
+            step = max(scored)[1] if scored else None
+        if step is None:
+            raise FileNotFoundError(f"{directory}: no {'evaluated ' if which == 'best' else ''}training checkpoint")
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = {
+            "params": jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), abstract_params)
+        }
+        restore = ocp.args.PyTreeRestore(
+            target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
+        )
+        state = manager.restore(step, args=ocp.args.Composite(state=restore)).state
+    return int(step), state["params"]
+
+
+__all__ = ["CorruptCheckpointWarning", "TrainCheckpointer", "restore_params"]

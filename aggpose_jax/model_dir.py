@@ -1,4 +1,7 @@
-"""Model checkpoints: the Flax parameters of an AggPose (Orbax) plus its ``ModelConfig`` (JSON).
+"""The converted-model directory: the Flax parameters of an AggPose (Orbax) plus its ``ModelConfig`` (JSON).
+
+What ``aggpose-convert`` writes and ``aggpose_jax.load`` reads (training workdirs hold training
+checkpoints instead: ``aggpose_jax.train.checkpoints``).
 
 Directory layout::
 
@@ -13,80 +16,23 @@ Heavy imports (jax, flax, orbax, the model) happen inside the functions: importi
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from aggpose_jax.models.aggpose import ModelConfig
 
-META_FILE = 'aggpose_model.json'
-PARAMS_DIR = 'params'
-FORMAT = 'aggpose-jax-model'
+META_FILE = "aggpose_model.json"
+PARAMS_DIR = "params"
+FORMAT = "aggpose-jax-model"
 VERSION = 1
 
 
 class CheckpointError(ValueError):
     """A file or directory is not a readable checkpoint (one line, names the file)."""
-
-
-def _flatten(tree: Mapping, prefix: str = '') -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        path = f'{prefix}/{key}' if prefix else str(key)
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, path))
-        else:
-            out[path] = value
-    return out
-
-
-@functools.lru_cache(maxsize=8)
-def abstract_params(config: ModelConfig) -> dict:
-    """Nested dict of ``jax.ShapeDtypeStruct`` shaped like ``nnx.state(AggPose(config), nnx.Param)`` (cached:
-    do not modify it)."""
-    from flax import nnx
-
-    from aggpose_jax.models.aggpose import AggPose
-    model = nnx.eval_shape(lambda: AggPose(config, rngs=nnx.Rngs(0)))
-    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
-
-
-def pure_params(params: Any) -> dict:
-    """``nnx.State`` -> nested dict of arrays (a nested dict is returned as is)."""
-    from flax import nnx
-    if isinstance(params, nnx.State):
-        return nnx.to_pure_dict(params)
-    if not isinstance(params, Mapping):
-        raise TypeError(f'params: expected an nnx.State or a nested dict of arrays, got {type(params).__name__}')
-    return dict(params)
-
-
-def check_params(params: Mapping, config: ModelConfig) -> None:
-    """Raise ``ValueError`` naming the parameters that are missing, unexpected or mis-shaped for ``config``."""
-    expected = {k: tuple(v.shape) for k, v in _flatten(abstract_params(config)).items()}
-    got = {k: tuple(getattr(v, 'shape', ())) for k, v in _flatten(params).items()}
-    problems = [f'missing {k}' for k in expected if k not in got]
-    problems += [f'unexpected {k}' for k in got if k not in expected]
-    problems += [f'{k}: shape {got[k]}, expected {s}' for k, s in expected.items() if k in got and got[k] != s]
-    if problems:
-        more = f' (and {len(problems) - 5} more)' if len(problems) > 5 else ''
-        raise ValueError(f'params do not match the model config: {"; ".join(problems[:5])}{more}')
-
-
-def count_params(params: Mapping) -> int:
-    """Number of scalar parameters in a nested dict of arrays."""
-    total = 0
-    for leaf in _flatten(params).values():
-        n = 1
-        for s in getattr(leaf, 'shape', ()):
-            n *= int(s)
-        total += n
-    return total
 
 
 def _is_nonempty(path: str) -> bool:
@@ -103,23 +49,25 @@ def save_model(directory: str | os.PathLike, params: Any, config: ModelConfig, *
     import numpy as np
     import orbax.checkpoint as ocp
 
+    from aggpose_jax.params import check_params, count_params, to_pure
+
     dest = os.path.abspath(os.fspath(directory))
     if _is_nonempty(dest) and not force:
-        raise FileExistsError(f'{dest}: destination exists and is not empty; use force=True (--force) to replace it')
-    tree = pure_params(params)
+        raise FileExistsError(f"{dest}: destination exists and is not empty; use force=True (--force) to replace it")
+    tree = to_pure(params)
     check_params(tree, config)
     tree = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), tree)
     parent, name = os.path.split(dest)
     os.makedirs(parent, exist_ok=True)
     tag = uuid.uuid4().hex[:8]
-    tmp, old = os.path.join(parent, f'.{name}.tmp-{tag}'), os.path.join(parent, f'.{name}.old-{tag}')
+    tmp, old = os.path.join(parent, f".{name}.tmp-{tag}"), os.path.join(parent, f".{name}.old-{tag}")
     try:
         os.makedirs(tmp)
         with ocp.StandardCheckpointer() as checkpointer:
             checkpointer.save(os.path.join(tmp, PARAMS_DIR), tree)
             checkpointer.wait_until_finished()
-        meta = {'format': FORMAT, 'version': VERSION, 'config': config.to_dict(), 'num_params': count_params(tree)}
-        with open(os.path.join(tmp, META_FILE), 'w') as f:
+        meta = {"format": FORMAT, "version": VERSION, "config": config.to_dict(), "num_params": count_params(tree)}
+        with open(os.path.join(tmp, META_FILE), "w") as f:
             json.dump(meta, f, indent=2)
         if os.path.exists(dest):
             os.rename(dest, old)
@@ -145,25 +93,26 @@ def is_model_dir(path: str | os.PathLike) -> bool:
 def load_config(directory: str | os.PathLike) -> ModelConfig:
     """The ``ModelConfig`` stored in a model checkpoint directory."""
     from aggpose_jax.models.aggpose import ModelConfig
+
     directory = os.path.abspath(os.fspath(directory))
     meta_path = os.path.join(directory, META_FILE)
     if not os.path.isdir(directory):
-        raise CheckpointError(f'{directory}: no such checkpoint directory')
+        raise CheckpointError(f"{directory}: no such checkpoint directory")
     if not os.path.isfile(meta_path):
-        raise CheckpointError(f'{directory}: not an aggpose-jax model checkpoint ({META_FILE} is missing)')
+        raise CheckpointError(f"{directory}: not an aggpose-jax model checkpoint ({META_FILE} is missing)")
     try:
         with open(meta_path) as f:
             meta = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f'{meta_path}: unreadable ({err})') from None
-    if not isinstance(meta, dict) or meta.get('format') != FORMAT:
+        raise CheckpointError(f"{meta_path}: unreadable ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f'{meta_path}: field "format" must be {FORMAT!r}')
-    if meta.get('version') != VERSION:
+    if meta.get("version") != VERSION:
         raise CheckpointError(f'{meta_path}: field "version": unsupported version {meta.get("version")!r}')
-    if not isinstance(meta.get('config'), dict):
+    if not isinstance(meta.get("config"), dict):
         raise CheckpointError(f'{meta_path}: field "config" is missing or not an object')
     try:
-        return ModelConfig.from_dict(meta['config'])
+        return ModelConfig.from_dict(meta["config"])
     except (TypeError, ValueError) as err:
         raise CheckpointError(f'{meta_path}: field "config": {err}') from None
 
@@ -177,35 +126,40 @@ def load_model(directory: str | os.PathLike) -> tuple[ModelConfig, dict]:
     import numpy as np
     import orbax.checkpoint as ocp
 
+    from aggpose_jax.params import abstract_params
+
     config = load_config(directory)
     params_dir = os.path.join(os.path.abspath(os.fspath(directory)), PARAMS_DIR)
     if not os.path.isdir(params_dir):
-        raise CheckpointError(f'{params_dir}: parameter checkpoint is missing')
+        raise CheckpointError(f"{params_dir}: parameter checkpoint is missing")
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-                          abstract_params(config))
+    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), abstract_params(config))
     try:
         with ocp.StandardCheckpointer() as checkpointer:
             # Compare shapes first: a mismatch is reported here, without a failing restore.
             stored = checkpointer.metadata(params_dir)
-            stored = getattr(stored, 'item_metadata', stored)
-            got, want = ({jax.tree_util.keystr(p): tuple(leaf.shape)
-                          for p, leaf in jax.tree_util.tree_leaves_with_path(tree)} for tree in (stored, target))
+            stored = getattr(stored, "item_metadata", stored)
+            got, want = (
+                {jax.tree_util.keystr(p): tuple(leaf.shape) for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+                for tree in (stored, target)
+            )
             if not got:
-                raise CheckpointError(f'{params_dir}: damaged parameter checkpoint (its metadata cannot be read)')
+                raise CheckpointError(f"{params_dir}: damaged parameter checkpoint (its metadata cannot be read)")
             if got != want:
                 bad = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
-                raise CheckpointError(f'{params_dir}: the stored parameters do not match the config in {META_FILE} '
-                                      f'({len(bad)} differ, e.g. {", ".join(bad[:3])})')
+                raise CheckpointError(
+                    f"{params_dir}: the stored parameters do not match the config in {META_FILE} "
+                    f"({len(bad)} differ, e.g. {', '.join(bad[:3])})"
+                )
             params = checkpointer.restore(params_dir, target)
     except CheckpointError:
         raise
     except Exception as err:  # orbax raises many types (FileNotFoundError, ValueError, KeyError, ...)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f'{params_dir}: cannot restore the parameters ({type(err).__name__}: '
-                              f'{first[:300]})') from None
+        raise CheckpointError(
+            f"{params_dir}: cannot restore the parameters ({type(err).__name__}: {first[:300]})"
+        ) from None
     return config, jax.tree.map(lambda a: np.array(a, np.float32), params)
 
 
-__all__ = ['CheckpointError', 'abstract_params', 'check_params', 'count_params', 'is_model_dir',
-           'load_config', 'load_model', 'pure_params', 'save_model']
+__all__ = ["CheckpointError", "is_model_dir", "load_config", "load_model", "save_model"]

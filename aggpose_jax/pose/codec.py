@@ -21,7 +21,8 @@ target and inference):
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -57,8 +58,7 @@ def encode_targets(
     if joints_xy.ndim != 2 or joints_xy.shape[1] != 2:
         raise ValueError(f"encode_targets: joints_xy must be (J, 2), got {joints_xy.shape}")
     if visible.shape[0] != joints_xy.shape[0]:
-        raise ValueError(
-            f"encode_targets: visible has {visible.shape[0]} entries for {joints_xy.shape[0]} joints")
+        raise ValueError(f"encode_targets: visible has {visible.shape[0]} entries for {joints_xy.shape[0]} joints")
     h, w = int(heatmap_size[0]), int(heatmap_size[1])
     tmp = 3.0 * sigma
     mu_x, mu_y = joints_xy[:, 0], joints_xy[:, 1]
@@ -110,9 +110,9 @@ def blur_heatmaps(heatmaps: np.ndarray, kernel: int = DEFAULT_BLUR_KERNEL) -> np
     flat = np.ascontiguousarray(np.moveaxis(heatmaps.astype(np.float64), 0, 2).reshape(h, w, n * j))
     out = np.empty_like(flat)
     for s in range(0, n * j, _CV_CHANNELS):
-        chunk = np.ascontiguousarray(flat[:, :, s:s + _CV_CHANNELS])
+        chunk = np.ascontiguousarray(flat[:, :, s : s + _CV_CHANNELS])
         res = cv2.sepFilter2D(chunk, -1, k1, k1, borderType=cv2.BORDER_CONSTANT)
-        out[:, :, s:s + _CV_CHANNELS] = res.reshape(h, w, -1)
+        out[:, :, s : s + _CV_CHANNELS] = res.reshape(h, w, -1)
     out = np.moveaxis(out.reshape(h, w, n, j), 2, 0)
     orig_max = heatmaps.max(axis=(1, 2), keepdims=True).astype(np.float64)
     new_max = out.max(axis=(1, 2), keepdims=True)

@@ -18,13 +18,15 @@ Conventions (HRNet top-down code base, as modified in the AggPose release):
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import cv2
 import numpy as np
 
 PIXEL_STD = 200.0
 Convention = Literal["aggpose", "hrnet"]
+CONVENTIONS: tuple[Convention, ...] = ("aggpose", "hrnet")
 
 
 def box_to_center_scale(
@@ -95,7 +97,7 @@ def _point_triplets(
     convention: Convention,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Source and destination point triplets, float32 (..., 3, 2), as the original computes them."""
-    if convention not in ("aggpose", "hrnet"):
+    if convention not in CONVENTIONS:
         raise ValueError(f"convention must be 'aggpose' or 'hrnet', got {convention!r}")
     off = 1.0 if convention == "aggpose" else 0.0
     center = np.asarray(center, dtype=np.float32)
@@ -135,8 +137,9 @@ def get_affine_transform(
     ``output_size_wh`` is (width, height) of the crop (image size or heatmap size); ``shift`` is a
     fraction of the crop window added to the centre. See the module docstring for ``convention``.
     """
-    src, dst = _point_triplets(np.asarray(center), np.asarray(scale), np.asarray(rot_deg),
-                               output_size_wh, shift, convention)
+    src, dst = _point_triplets(
+        np.asarray(center), np.asarray(scale), np.asarray(rot_deg), output_size_wh, shift, convention
+    )
     if inv:
         return cv2.getAffineTransform(dst, src)
     return cv2.getAffineTransform(src, dst)
@@ -184,7 +187,10 @@ def affine_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 
 
 def source_window(
-    matrix: np.ndarray, output_size_wh: Sequence[int], image_hw: Sequence[int], margin: int = 2,
+    matrix: np.ndarray,
+    output_size_wh: Sequence[int],
+    image_hw: Sequence[int],
+    margin: int = 2,
 ) -> tuple[int, int, int, int]:
     """Integer window (x0, y0, x1, y1) of the image that a crop with ``matrix`` reads.
 
@@ -218,8 +224,7 @@ def transform_preds(
     coords = np.asarray(coords, dtype=np.float64)
     if coords.ndim != 3 or coords.shape[-1] != 2:
         raise ValueError(f"transform_preds: coords must be (N, J, 2), got {coords.shape}")
-    mats = get_affine_transforms(centers, scales, 0.0, heatmap_size_wh, inv=True,
-                                 convention=convention)
+    mats = get_affine_transforms(centers, scales, 0.0, heatmap_size_wh, inv=True, convention=convention)
     if mats.shape[0] != coords.shape[0]:
         raise ValueError(f"transform_preds: {coords.shape[0]} people but {mats.shape[0]} boxes")
     return affine_points(coords, mats)

@@ -1,0 +1,190 @@
+"""Evaluation of a configured run, the one owner: params + config -> val loader -> COCO OKS AP -> records.
+
+``evaluate_params`` runs the val loader, predicts, decodes, scores, draws and appends the metrics to
+``workdir/metrics.json``; the training loop and ``--mode eval`` (``evaluate_run``) both call it.
+Inference runs on each process's own devices (a local mesh) with a process-local copy of the
+parameters, so processes never wait on each other per batch; ``evaluate.topdown.evaluate`` merges the
+per-process results on process 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from aggpose_jax import sharding as shd
+from aggpose_jax.logs import log, write_json
+from aggpose_jax.models.aggpose import ModelConfig
+from aggpose_jax.params import merge, split_model
+
+_FORWARD: dict[tuple, Callable] = {}
+
+
+def local_params(params: Any, mesh: jax.sharding.Mesh | None = None) -> tuple[Any, jax.sharding.Mesh]:
+    """(params replicated on this process's devices, the local mesh). ``params`` may be host arrays,
+    or global arrays replicated or FSDP-sharded over ``mesh`` (then every process must call this)."""
+    local_mesh = shd.make_mesh(jax.local_devices())
+    rep = NamedSharding(local_mesh, P())
+    leaves = jax.tree.leaves(params)
+    if any(isinstance(a, jax.Array) and not a.is_fully_replicated for a in leaves):  # FSDP: gather once
+        params = jax.jit(lambda t: t, out_shardings=shd.replicated(mesh))(params)
+
+    def one(a: Any) -> jax.Array:
+        if isinstance(a, jax.Array):
+            a = a.addressable_data(0)
+        return jax.device_put(a, rep)
+
+    return jax.tree.map(one, params), local_mesh
+
+
+def make_predict_fn(
+    graphdef: nnx.GraphDef, other: nnx.State, params: Any, mesh: jax.sharding.Mesh | None = None
+) -> Callable[[np.ndarray], jax.Array]:
+    """``predict(images (B, H, W, 3) float32) -> heatmaps (B, h, w, J)``; B is padded internally to a
+    multiple of the local device count."""
+    params, local_mesh = local_params(params, mesh)
+    n_dev = local_mesh.devices.size
+    batch_sharding = NamedSharding(local_mesh, P(shd.DATA_AXIS))
+    key = (graphdef, tuple(d.id for d in local_mesh.devices.flat))
+    if key not in _FORWARD:  # compiled once per model and device set (evaluations during training)
+
+        def forward(p: Any, images: jax.Array) -> jax.Array:
+            return merge(graphdef, p, other)(images, deterministic=True)
+
+        _FORWARD[key] = jax.jit(forward, out_shardings=NamedSharding(local_mesh, P()))
+    forward_fn = _FORWARD[key]
+
+    def predict(images: np.ndarray) -> jax.Array:
+        n = images.shape[0]
+        pad = (-n) % n_dev
+        if pad:
+            images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+        out = forward_fn(params, jax.device_put(jnp.asarray(images, jnp.float32), batch_sharding))
+        return out[:n] if pad else out
+
+    return predict
+
+
+def _ann_file(config: Any) -> str:
+    if config.eval.ann_file:
+        return os.fspath(config.eval.ann_file)
+    return os.path.join(config.data.root, "annotations", "person_keypoints_val2017.json")
+
+
+def val_loader(config: Any) -> Any:
+    from aggpose_jax.data.pipeline import make_loader, make_source
+
+    source = make_source(config.data, "val")
+    per_process = max(1, int(config.eval.batch_size) // jax.process_count())
+    return make_loader(
+        source,
+        keypoint_set=config.data.keypoints,
+        data_config=config.data,
+        train=False,
+        batch_size=per_process,
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+        worker_count=int(config.data.num_workers),
+        prefetch=int(config.data.prefetch),
+    )
+
+
+def run_evaluation(config: Any, predict_fn: Callable[[np.ndarray], Any], out_dir: str) -> dict[str, float]:
+    """COCO OKS metrics of ``predict_fn`` on the configured val split; writes ``out_dir``/{stats.json,
+    keypoints_results.json, predictions.png}."""
+    from aggpose_jax.evaluate.topdown import evaluate
+    from aggpose_jax.pose.keypoints import get_keypoint_set
+
+    nms = float(config.eval.oks_nms_thre)
+    return evaluate(
+        predict_fn,
+        val_loader(config),
+        keypoint_set=get_keypoint_set(config.data.keypoints),
+        ann_file=_ann_file(config),
+        out_dir=out_dir,
+        flip_test=bool(config.eval.flip_test),
+        decode=config.eval.decode,
+        image_size=tuple(config.data.image_size),
+        heatmap_size=tuple(config.data.heatmap_size),
+        oks_nms_thre=nms if nms >= 0 else None,
+        in_vis_thre=float(config.eval.in_vis_thre),
+        shift_heatmap=bool(config.eval.shift_heatmap),
+        convention=config.data.affine_convention,
+        draw_images=int(config.eval.draw_images),
+        image_dir=config.eval.image_dir or None,
+    )
+
+
+def record_metrics(workdir: str, step: int, metrics: dict[str, float], out_dir: str) -> None:
+    """Append to ``workdir/metrics.json``: {'evaluations': [{'step', 'out_dir', metrics...}], 'latest', 'best'}."""
+    path = os.path.join(workdir, "metrics.json")
+    history: dict[str, Any] = {"evaluations": []}
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                history = json.load(f)
+        except (OSError, ValueError):
+            log.warning("%s is unreadable; starting a new history", path)
+            history = {"evaluations": []}
+    entry = {"step": int(step), "out_dir": out_dir, **{k: float(v) for k, v in metrics.items()}}
+    history["evaluations"] = [e for e in history.get("evaluations", []) if e.get("step") != step] + [entry]
+    history["latest"] = entry
+    history["best"] = max(history["evaluations"], key=lambda e: e.get("AP", float("-inf")))
+    write_json(path, history)
+    log.info(
+        "step %d: AP %.4f (AP50 %.4f, AR %.4f) -> %s",
+        step,
+        metrics.get("AP", float("nan")),
+        metrics.get("AP50", float("nan")),
+        metrics.get("AR", float("nan")),
+        out_dir,
+    )
+
+
+def evaluate_params(
+    config: Any,
+    model_cfg: ModelConfig,
+    params: Any,
+    workdir: str,
+    step: int,
+    *,
+    name: str | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+) -> dict[str, float]:
+    """Evaluate ``params`` on the configured val split into ``workdir/eval/<name>`` (default ``step_<step>``)
+    and record the metrics at ``step``."""
+    graphdef, _, other = split_model(model_cfg)
+    out_dir = os.path.join(workdir, "eval", name or f"step_{step:08d}")
+    metrics = run_evaluation(config, make_predict_fn(graphdef, other, params, mesh), out_dir)
+    record_metrics(workdir, step, metrics, out_dir)
+    return metrics
+
+
+def evaluate_run(config: Any, model_cfg: ModelConfig, workdir: str) -> dict[str, float]:
+    """``--mode eval``: ``config.init_checkpoint`` if set, else the workdir's latest training checkpoint
+    (its parameters alone: no optimizer, no train data)."""
+    from aggpose_jax.params import abstract_params, eval_params
+    from aggpose_jax.train.checkpoints import restore_params
+
+    if config.init_checkpoint:
+        model_cfg, params = eval_params(config, model_cfg)
+        name = os.path.basename(os.path.normpath(config.init_checkpoint))
+        return evaluate_params(config, model_cfg, params, workdir, 0, name=name)
+    directory = os.path.join(workdir, "checkpoints")
+    try:
+        step, params = restore_params(directory, abstract_params(model_cfg))
+    except FileNotFoundError:
+        raise ValueError(f"config.init_checkpoint: empty and no training checkpoint in {directory}") from None
+    return evaluate_params(config, model_cfg, params, workdir, step)
+
+
+__all__ = ["evaluate_params", "evaluate_run", "make_predict_fn", "record_metrics", "run_evaluation"]

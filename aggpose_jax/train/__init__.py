@@ -1,0 +1,1 @@
+"""Training: the step, the loop, the optimizer, training checkpoints and progress reporting."""

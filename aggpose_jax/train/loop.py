@@ -1,0 +1,271 @@
+"""Training loop: a jitted data-parallel step over a device mesh, checkpoints, evaluation.
+
+The step (``train/step.py``) is compiled once with ``jax.jit`` over the 'data' mesh (batch sharded,
+state replicated or FSDP-sharded, state buffers donated). ``Trainer(config, workdir).fit()`` resumes
+from the workdir's latest checkpoint, trains, evaluates (``aggpose_jax.evaluate``) and saves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from aggpose_jax import sharding as shd
+from aggpose_jax.config import model_config
+from aggpose_jax.logs import log
+from aggpose_jax.params import pretrained_params, split_model
+from aggpose_jax.train.checkpoints import TrainCheckpointer
+from aggpose_jax.train.optimizer import make_optimizer
+from aggpose_jax.train.progress import Progress
+from aggpose_jax.train.step import make_train_step, new_state
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss (or gradient norm) became NaN/inf; the run stopped without saving that state."""
+
+
+_COMPILED: dict[tuple, tuple] = {}
+
+
+@dataclasses.dataclass
+class FitResult:
+    step: int
+    preempted: bool
+    metrics: dict[str, float] | None  # the last evaluation, if any
+
+
+class Trainer:
+    """Builds the model, optimizer, loaders and checkpoint manager for a validated ``config``; ``fit()`` trains.
+
+    ``batch_callback(step, local_batch)`` (tests, debugging) sees every batch before its step (``step``
+    = steps done so far) and may return a replacement batch.
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        workdir: str,
+        *,
+        mesh: jax.sharding.Mesh | None = None,
+        batch_callback: Callable[[int, dict], dict | None] | None = None,
+    ):
+        from aggpose_jax.data.pipeline import make_loader, make_source
+
+        self.config, self.workdir = config, os.path.abspath(workdir)
+        self.model_cfg = model_config(config)
+        self.mesh = mesh or shd.make_mesh()
+        self.global_batch = int(config.train.batch_size)
+        self.local_batch = shd.check_batch_size(self.global_batch, self.mesh)
+        self.batch_callback = batch_callback
+        self.train_source = make_source(config.data, "train")
+        self.loader = make_loader(
+            self.train_source,
+            keypoint_set=config.data.keypoints,
+            data_config=config.data,
+            train=True,
+            batch_size=self.local_batch,
+            seed=int(config.seed),
+            num_epochs=None,
+            shard_index=jax.process_index(),
+            shard_count=jax.process_count(),
+            worker_count=int(config.data.num_workers),
+            prefetch=int(config.data.prefetch),
+        )
+        self.steps_per_epoch = len(self.train_source) // self.global_batch
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"config.train.batch_size: {self.global_batch} is larger than the training set "
+                f"({len(self.train_source)} people)"
+            )
+        t = config.train
+        self.total_steps = int(t.num_steps) or int(round(float(t.num_epochs) * self.steps_per_epoch))
+        ev = config.eval
+        self.eval_every = int(ev.every_steps) or int(round(float(ev.every_epochs) * self.steps_per_epoch))
+        self.accum = int(config.optim.grad_accum_steps)
+        self.graphdef, abstract_params, self.other = split_model(self.model_cfg, int(config.seed))
+        key = (
+            self.model_cfg,
+            config.optim.to_json(),
+            tuple(config.freeze),
+            self.total_steps,
+            self.steps_per_epoch,
+            tuple(d.id for d in self.mesh.devices.flat),
+            bool(t.fsdp),
+            int(t.fsdp_min_size),
+        )
+        if key not in _COMPILED:  # same job in the same process (resume, tests): reuse the compiled step
+            tx, schedule = make_optimizer(
+                config.optim,
+                abstract_params,
+                total_updates=self.total_steps // self.accum,
+                updates_per_epoch=self.steps_per_epoch / self.accum,
+                freeze=tuple(config.freeze),
+            )
+            abstract = jax.eval_shape(functools.partial(new_state, tx, 0), abstract_params)
+            state_sharding = shd.state_shardings(abstract, self.mesh, fsdp=bool(t.fsdp), min_size=int(t.fsdp_min_size))
+            step_fn = jax.jit(
+                make_train_step(self.graphdef, self.other, tx),
+                in_shardings=(state_sharding, shd.batch_sharding(self.mesh)),
+                out_shardings=(state_sharding, shd.replicated(self.mesh)),
+                donate_argnums=0,
+            )
+            _COMPILED[key] = (tx, schedule, abstract, state_sharding, step_fn)
+        self.tx, self.schedule, abstract, self.state_sharding, self.step_fn = _COMPILED[key]
+        self.abstract_state = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, self.state_sharding
+        )
+        self.checkpointer = TrainCheckpointer(
+            os.path.join(self.workdir, "checkpoints"),
+            keep=int(t.keep_checkpoints),
+            async_save=bool(t.async_checkpoints),
+        )
+        self._stop_signal: int | None = None
+
+    def initial_state(self) -> dict:
+        """Fresh state: random / MiT / checkpoint parameters per the config, placed on the mesh."""
+        params = pretrained_params(self.config, self.model_cfg)
+        params = jax.device_put(params, self.state_sharding["params"])
+        init = functools.partial(new_state, self.tx, int(self.config.seed))
+        return jax.jit(init, out_shardings=self.state_sharding)(params)
+
+    def restore_or_init(self, iterator: Any) -> dict:
+        restored = self.checkpointer.restore_latest(self.abstract_state, iterator)
+        if restored is None:
+            return self.initial_state()
+        step, state = restored
+        log.info("resumed from %s at step %d", self.checkpointer.directory, step)
+        return state
+
+    def learning_rate(self, step: int) -> float:
+        return float(self.schedule(step // self.accum))
+
+    # ------------------------------------------------------------------ loop
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        del frame
+        self._stop_signal = signum
+
+    def _stop_requested(self, step: int) -> bool:
+        """A signal arrived (SIGTERM/SIGINT) or the JAX runtime reports a preemption. With several
+        processes the signal flags are combined every 10 steps so that all stop at the same step."""
+        if self.checkpointer.reached_preemption(step):
+            return True
+        if jax.process_count() == 1:
+            return self._stop_signal is not None
+        if step % 10:
+            return False
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.int32(self._stop_signal is not None))
+        return bool(np.any(flags))
+
+    def _flush(self, pending: list[tuple[int, dict]]) -> tuple[float, float]:
+        """Fetch pending step metrics; raise on a non-finite value. Returns (mean loss, last grad norm)."""
+        if not pending:
+            return float("nan"), float("nan")
+        host = jax.device_get([m for _, m in pending])
+        for (step, _), m in zip(pending, host):
+            if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
+                last = self.checkpointer.latest_step()
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {step} (loss={float(m['loss'])}, grad_norm={float(m['grad_norm'])}); "
+                    f"stopped without saving this state; last good checkpoint: "
+                    f"{'step ' + str(last) if last is not None else 'none'} in {self.checkpointer.directory}. "
+                    f"Lower config.optim.lr, set config.optim.grad_clip_norm, or check the data."
+                )
+        pending.clear()
+        return float(np.mean([m["loss"] for m in host])), float(host[-1]["grad_norm"])
+
+    def evaluate(self, state: dict, step: int) -> dict[str, float]:
+        from aggpose_jax.evaluate.job import evaluate_params
+
+        return evaluate_params(self.config, self.model_cfg, state["params"], self.workdir, step, mesh=self.mesh)
+
+    def fit(self, *, evaluate: bool = True) -> FitResult:
+        """Train to ``total_steps``, resuming from the workdir's latest checkpoint if there is one (else
+        from ``initial_state``). ``evaluate``: every ``eval_every`` steps and at the end. SIGTERM/SIGINT
+        save a checkpoint and return with ``preempted=True``."""
+        cfg = self.config.train
+        iterator = iter(self.loader)
+        state = self.restore_or_init(iterator)
+        step = int(jax.device_get(state["step"]))
+        progress = Progress(self.workdir, self.total_steps, self.global_batch)
+        previous = {}
+        if threading.current_thread() is threading.main_thread():  # signal handlers: main thread only
+            previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        pending: list[tuple[int, dict]] = []
+        last_metrics: dict[str, float] | None = None
+        log.info(
+            "training %s: %d steps (%d per epoch), global batch %d on %d devices, from step %d",
+            self.config.model.name,
+            self.total_steps,
+            self.steps_per_epoch,
+            self.global_batch,
+            self.mesh.devices.size,
+            step,
+        )
+        try:
+            progress.start(step)
+            t_compile = time.perf_counter()
+            while step < self.total_steps:
+                if self._stop_requested(step):
+                    self._flush(pending)
+                    self.checkpointer.save(step, state, iterator)
+                    self.checkpointer.wait()
+                    log.info(
+                        "stop requested (signal %s): saved step %d to %s; exiting",
+                        self._stop_signal,
+                        step,
+                        self.checkpointer.directory,
+                    )
+                    return FitResult(step, True, last_metrics)
+                batch = next(iterator)
+                if self.batch_callback is not None:
+                    batch = self.batch_callback(step, batch) or batch
+                state, metrics = self.step_fn(state, shd.global_batch(batch, self.mesh))
+                step += 1
+                pending.append((step, metrics))
+                if t_compile is not None:  # first step: report compilation separately from the rate
+                    jax.block_until_ready(metrics)
+                    log.info("first step (compilation included) took %.1fs", time.perf_counter() - t_compile)
+                    t_compile = None
+                    progress.start(step)
+                do_eval = evaluate and (step == self.total_steps or (self.eval_every and step % self.eval_every == 0))
+                do_save = (
+                    do_eval
+                    or step == self.total_steps
+                    or (cfg.checkpoint_every_steps and step % int(cfg.checkpoint_every_steps) == 0)
+                )
+                if do_save or step % int(cfg.log_every_steps) == 0:
+                    loss, gnorm = self._flush(pending)
+                    progress.report(step, loss, self.learning_rate(step - 1), {"grad_norm": gnorm})
+                eval_metrics = None
+                if do_eval:
+                    eval_metrics = last_metrics = self.evaluate(state, step)
+                    progress.scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
+                    progress.start(step)
+                if do_save:
+                    self.checkpointer.save(step, state, iterator, eval_metrics)
+            self.checkpointer.wait()
+            return FitResult(step, False, last_metrics)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            self.checkpointer.wait()
+            progress.close()
+            self.state = state
+
+    def close(self) -> None:
+        self.checkpointer.close()
+
+
+__all__ = ["NonFiniteLossError", "FitResult", "Trainer"]
