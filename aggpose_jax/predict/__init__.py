@@ -1,0 +1,1 @@
+"""Inference helpers for videos and image folders: reading inputs, keypoint time series, exports."""
