@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from aggpose_jax.evaluate.coco_eval import STAT_NAMES, coco_keypoint_eval
-from aggpose_jax.evaluate.draw import draw_predictions
+from aggpose_jax.evaluate.draw import LEGEND_HEIGHT, draw_predictions
 from aggpose_jax.evaluate.postprocess import build_results, oks_matrix, oks_nms, rescore
 from aggpose_jax.evaluate.topdown import evaluate
 from aggpose_jax.pose import geometry
@@ -387,13 +387,13 @@ def test_draw_predictions_png(tmp_path):
         draw_images=2,
     )
     png = cv2.imread(str(tmp_path / "eval" / "predictions.png"))
-    assert png is not None and png.shape[0] == 320 and png.shape[1] >= 2 * 320
+    assert png is not None and png.shape[0] == 320 + LEGEND_HEIGHT and png.shape[1] >= 2 * 320  # + legend band
     assert (png != 60).any(axis=-1).mean() > 0.01  # skeletons were drawn
     # From arrays directly.
     res = _perfect_results(anns)
     out = draw_predictions([(100, np.zeros((480, 640, 3), np.uint8))], res, kset, str(tmp_path / "p.png"))
     drawn = cv2.imread(out)
-    assert drawn.shape == (320, 427, 3) and drawn.any()
+    assert drawn.shape == (320 + LEGEND_HEIGHT, 427, 3) and drawn.any()
 
 
 def test_evaluate_synthetic_val_through_pipeline(synthetic_coco_root, tmp_path):

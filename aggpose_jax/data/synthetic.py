@@ -353,13 +353,22 @@ def generate_synthetic(
     image_size: Sequence[int] = (480, 640),
     val_fraction: float = 0.2,
     jpeg_quality: int = 92,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write a synthetic COCO-layout dataset under ``out_dir`` (see module docstring).
 
     The first ``num_images - n_val`` images (ids 1, 2, ...) form the train split, the rest val,
     with ``n_val = round(num_images * val_fraction)`` (at least 1 when ``val_fraction > 0``).
+    ``out_dir`` must be absent or empty unless ``overwrite`` (else FileExistsError). The set is
+    written to a temporary sibling ``<out_dir>.partial-<pid>`` and moved into place only when
+    complete (an old set is moved aside, then removed), so a set is never half-replaced; any
+    exception, KeyboardInterrupt or SystemExit on the way removes the temporary folder.
     Returns a summary: paths, image/person counts per split and visibility counts.
     """
+    import shutil
+
+    from aggpose_jax.data.cli_errors import require_writable_dir
+
     kset = get_keypoint_set(keypoints)
     if kset.name not in _POSES:
         raise ValueError(f"no synthetic figure template for keypoint set {kset.name!r}; known: {sorted(_POSES)}")
@@ -370,12 +379,19 @@ def generate_synthetic(
         raise ValueError(f"seed must be non-negative, got {seed}")
     if num_images < 1 or not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"need num_images >= 1 and 0 <= val_fraction < 1, got {num_images}, {val_fraction}")
+    out_dir = os.fspath(out_dir)
+    require_writable_dir(out_dir, "output folder")
+    replace = os.path.isdir(out_dir) and bool(os.listdir(out_dir))
+    if replace and not overwrite:
+        raise FileExistsError(f"output folder {out_dir} is not empty (pass --overwrite to replace it)")
+    final = os.path.abspath(out_dir)
+    work = f"{final}.partial-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
     n_val = min(num_images - 1, max(1 if val_fraction > 0 else 0, int(round(num_images * val_fraction))))
     n_train = num_images - n_val
     palettes = _palettes(kset)
-    os.makedirs(os.path.join(out_dir, "annotations"), exist_ok=True)
     summary: dict[str, Any] = {
-        "root": os.path.abspath(out_dir),
+        "root": final,
         "keypoints": kset.name,
         "image_size": (h, w),
         "seed": int(seed),
@@ -385,55 +401,137 @@ def generate_synthetic(
     category = kset.to_coco_category()
     ann_id = 1
     detections: list[dict[str, Any]] = []
-    for split, ids in (("train", range(1, n_train + 1)), ("val", range(n_train + 1, num_images + 1))):
-        image_dir = os.path.join(out_dir, f"{split}2017")
-        os.makedirs(image_dir, exist_ok=True)
-        images, annotations = [], []
-        for image_id in ids:
-            rng = np.random.default_rng([int(seed), image_id, len(kset.names)])
-            img, figures = _render_image(rng, kset, h, w, palettes)
-            file_name = f"{image_id:012d}.jpg"
-            ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
-            if not ok:
-                raise RuntimeError(f"cv2.imencode failed for {file_name}")
-            with open(os.path.join(image_dir, file_name), "wb") as f:
-                f.write(buf.tobytes())
-            images.append({"id": image_id, "file_name": file_name, "width": w, "height": h})
-            anns = []
-            for fig in figures:
-                ann = _annotation(fig, ann_id, image_id, h, w)
-                if ann is not None:
-                    anns.append(ann)
-                    ann_id += 1
-                    for v in ann["keypoints"][2::3]:
-                        summary["visibility"][int(v)] += 1
-            annotations.extend(anns)
-            if split == "val":
-                detections.extend(_detections(np.random.default_rng([int(seed), image_id, 7]), anns, image_id, h, w))
-        ann_file = os.path.join(out_dir, "annotations", f"person_keypoints_{split}2017.json")
-        _write_json(
-            ann_file,
-            {
-                "info": {"description": f"aggpose-jax synthetic {kset.name} (seed {seed})"},
-                "images": images,
-                "annotations": annotations,
-                "categories": [category],
-            },
-        )
-        summary["splits"][split] = {
-            "ann_file": ann_file,
-            "image_dir": image_dir,
-            "images": len(images),
-            "people": len(annotations),
-        }
-    det_file = os.path.join(out_dir, "person_detections_val2017.json")
-    _write_json(det_file, detections)
-    summary["detections_file"] = det_file
+    try:
+        os.makedirs(os.path.join(work, "annotations"))
+        for split, ids in (("train", range(1, n_train + 1)), ("val", range(n_train + 1, num_images + 1))):
+            os.makedirs(os.path.join(work, f"{split}2017"))
+            images, annotations = [], []
+            for image_id in ids:
+                rng = np.random.default_rng([int(seed), image_id, len(kset.names)])
+                img, figures = _render_image(rng, kset, h, w, palettes)
+                file_name = f"{image_id:012d}.jpg"
+                ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+                if not ok:
+                    raise RuntimeError(f"cv2.imencode failed for {file_name}")
+                with open(os.path.join(work, f"{split}2017", file_name), "wb") as f:
+                    f.write(buf.tobytes())
+                images.append({"id": image_id, "file_name": file_name, "width": w, "height": h})
+                anns = []
+                for fig in figures:
+                    ann = _annotation(fig, ann_id, image_id, h, w)
+                    if ann is not None:
+                        anns.append(ann)
+                        ann_id += 1
+                        for v in ann["keypoints"][2::3]:
+                            summary["visibility"][int(v)] += 1
+                annotations.extend(anns)
+                if split == "val":
+                    detections.extend(
+                        _detections(np.random.default_rng([int(seed), image_id, 7]), anns, image_id, h, w)
+                    )
+            ann_name = os.path.join("annotations", f"person_keypoints_{split}2017.json")
+            _write_json(
+                os.path.join(work, ann_name),
+                {
+                    "info": {"description": f"aggpose-jax synthetic {kset.name} (seed {seed})"},
+                    "images": images,
+                    "annotations": annotations,
+                    "categories": [category],
+                },
+            )
+            summary["splits"][split] = {
+                "ann_file": os.path.join(out_dir, ann_name),
+                "image_dir": os.path.join(out_dir, f"{split}2017"),
+                "images": len(images),
+                "people": len(annotations),
+            }
+        _write_json(os.path.join(work, "person_detections_val2017.json"), detections)
+        if replace:
+            aside = f"{final}.old-{os.getpid()}"
+            os.rename(final, aside)
+            try:
+                os.rename(work, final)
+            except BaseException:
+                os.rename(aside, final)  # the old set stays whole
+                raise
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(work, final)  # also over an empty folder
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    summary["detections_file"] = os.path.join(out_dir, "person_detections_val2017.json")
     summary["num_detections"] = len(detections)
     return summary
 
 
+def animate_figure(
+    num_frames: int,
+    *,
+    keypoints: str = "coco",
+    seed: int = 0,
+    image_size: Sequence[int] = (240, 320),
+    height_fraction: float = 0.7,
+    period_frames: float = 24.0,
+    drift_px: float = 12.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One stick figure moving in front of a fixed background (a fixed camera), with its true joints.
+
+    The figure swings between two random poses (cosine easing, one cycle per ``period_frames``), drifts
+    by up to ``drift_px`` pixels and sways a little; its height is about ``height_fraction`` of the
+    frame. Every joint stays inside the frame. The output is a pure function of the arguments.
+
+    Returns:
+      frames: uint8 BGR (T, H, W, 3); joints: float64 (T, J, 2), the image positions drawn (x, y).
+    """
+    kset = get_keypoint_set(keypoints)
+    if kset.name not in _POSES:
+        raise ValueError(f"no synthetic figure template for keypoint set {kset.name!r}; known: {sorted(_POSES)}")
+    h, w = (int(v) for v in image_size)
+    if num_frames < 1 or h < 64 or w < 64 or not 0.1 <= height_fraction <= 0.9:
+        raise ValueError(
+            f"animate_figure: need num_frames >= 1, image_size >= 64x64 and 0.1 <= height_fraction <= 0.9, "
+            f"got {num_frames}, {(h, w)}, {height_fraction}"
+        )
+    rng = np.random.default_rng([int(seed), 11, len(kset.names)])
+    background = _background(rng, h, w)
+    palettes = _palettes(kset)
+    pose_a, head_a, head_r = _POSES[kset.name](rng)
+    pose_b, head_b, _ = _POSES[kset.name](rng)
+    centre_body = 0.5 * (pose_a.mean(axis=0) + pose_b.mean(axis=0))
+    extent = float(max(np.ptp(pose_a[:, 1]), np.ptp(pose_b[:, 1])) + head_r)
+    scale = height_fraction * h / extent
+    phase = rng.uniform(0.0, 2.0 * np.pi, 3)
+    frames = np.empty((num_frames, h, w, 3), np.uint8)
+    joints = np.empty((num_frames, kset.num_joints, 2), np.float64)
+    for t in range(num_frames):
+        mix = 0.5 - 0.5 * np.cos(2.0 * np.pi * t / period_frames)
+        body = (1.0 - mix) * pose_a + mix * pose_b - centre_body
+        head = (1.0 - mix) * head_a + mix * head_b - centre_body
+        angle = 0.08 * np.sin(2.0 * np.pi * t / (1.7 * period_frames) + phase[0])
+        c, s = np.cos(angle), np.sin(angle)
+        rot = np.array([[c, -s], [s, c]])
+        shift = drift_px * np.array(
+            [
+                np.sin(2.0 * np.pi * t / (2.3 * period_frames) + phase[1]),
+                0.4 * np.sin(2.0 * np.pi * t / (3.1 * period_frames) + phase[2]),
+            ]
+        )
+        centre = np.array([w / 2.0, h / 2.0]) + shift
+        pts = (body * [1.0, -1.0]) @ rot.T * scale + centre
+        head_img = ((head * [1.0, -1.0]) @ rot.T) * scale + centre
+        lo, hi = pts.min(axis=0), pts.max(axis=0)
+        inside = np.maximum(0.0, 3.0 - lo) - np.maximum(0.0, hi - [w - 4.0, h - 4.0])  # keep every joint in view
+        pts, head_img = pts + inside, head_img + inside
+        img = background.copy()
+        _draw_figure(img, _Figure(pts, head_img, head_r * scale, height_fraction * h), kset, *palettes)
+        frames[t], joints[t] = img, pts
+    return frames, joints
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from aggpose_jax.data.cli_errors import run_cli
+
     parser = argparse.ArgumentParser(
         prog="aggpose-synthetic", description="Write a synthetic COCO-layout keypoint dataset of stick figures."
     )
@@ -443,8 +541,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, nargs=2, default=(480, 640), metavar=("H", "W"))
     parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty OUT_DIR (the new set is swapped in only once complete)",
+    )
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int:
         s = generate_synthetic(
             args.out_dir,
             keypoints=args.keypoints,
@@ -452,17 +556,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             image_size=args.image_size,
             val_fraction=args.val_fraction,
+            overwrite=args.overwrite,
         )
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for split, info in s["splits"].items():
-        print(f"{split}: {info['images']} images, {info['people']} people -> {info['ann_file']}")
-    print(
-        f"visibility counts (v=0/1/2): {s['visibility'][0]}/{s['visibility'][1]}/{s['visibility'][2]}; "
-        f"{s['num_detections']} detections -> {s['detections_file']}"
-    )
-    return 0
+        for split, info in s["splits"].items():
+            print(f"{split}: {info['images']} images, {info['people']} people -> {info['ann_file']}")
+        print(
+            f"visibility counts (v=0/1/2): {s['visibility'][0]}/{s['visibility'][1]}/{s['visibility'][2]}; "
+            f"{s['num_detections']} detections -> {s['detections_file']}"
+        )
+        return 0
+
+    return run_cli("aggpose-synthetic", body)
 
 
 if __name__ == "__main__":

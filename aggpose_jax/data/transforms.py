@@ -88,15 +88,6 @@ class AugmentConfig:
 _BAD_IMAGES: collections.Counter[str] = collections.Counter()
 
 
-def corrupt_image_counts() -> dict[str, int]:
-    """Records skipped *in this process* because their image was missing or corrupt, per file.
-
-    With Grain worker processes each worker counts its own; ``Loader.corrupt_images()`` in
-    ``pipeline`` aggregates all processes through the loader's report directory.
-    """
-    return dict(_BAD_IMAGES)
-
-
 def decode_image(data: bytes) -> np.ndarray | None:
     """Encoded bytes -> uint8 RGB (H, W, 3), or None when empty or undecodable."""
     if not data:

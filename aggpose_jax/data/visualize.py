@@ -6,12 +6,16 @@
 Training samples: the de-normalised augmented crop, the target heatmaps (maximum over joints,
 colour-mapped) blended on top, and the skeleton drawn through the target peaks of joints with
 weight 1. Validation samples: the crops with their box centre.
+
+A missing root or annotation file, or an --out that cannot be written, is one line on stderr and
+exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +25,7 @@ import ml_collections
 import numpy as np
 
 from aggpose_jax.data import pipeline
+from aggpose_jax.data.cli_errors import require_dir, require_file, require_writable_file, run_cli
 from aggpose_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -110,7 +115,8 @@ def default_data_config(root: str, keypoints: str) -> ml_collections.ConfigDict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    prog = "python -m aggpose_jax.data.visualize"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     parser.add_argument("--root", required=True, help="COCO-layout dataset root")
     parser.add_argument("--keypoints", default="coco", help="keypoint set name")
     parser.add_argument("--out", required=True, help="output PNG")
@@ -118,11 +124,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", default="train", choices=("train", "val"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    return run_cli(prog, lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
     from aggpose_jax.pose.keypoints import get_keypoint_set
 
+    require_dir(args.root, "--root")
+    require_file(os.path.join(args.root, "annotations", f"person_keypoints_{args.split}2017.json"), "annotation file")
+    require_writable_file(args.out, "--out")
+    if not cv2.haveImageWriter(args.out):
+        raise ValueError(f"--out {args.out}: not an image file name OpenCV can write (use .png)")
+    if args.num < 1:
+        raise ValueError(f"--num must be at least 1, got {args.num}")
+    kp_set = get_keypoint_set(args.keypoints)
     cfg = default_data_config(args.root, args.keypoints)
     source = pipeline.make_source(cfg, args.split)
-    kp_set = get_keypoint_set(args.keypoints)
     loader = pipeline.make_loader(
         source,
         keypoint_set=kp_set,
@@ -142,9 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"visualize: no samples in {args.root} ({args.split})", file=sys.stderr)
         return 1
     grid = render_grid(batch, kp_set.skeleton, args.num)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     if not cv2.imwrite(args.out, grid):
-        print(f"visualize: could not write {args.out}", file=sys.stderr)
-        return 1
+        raise OSError(f"could not write --out {args.out}")
     print(f"wrote {args.out}: {min(args.num, len(batch['image']))} samples, {grid.shape[1]}x{grid.shape[0]}")
     return 0
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["rescore", "oks_matrix", "oks_nms", "build_results", "results_by_image"]
+__all__ = ["rescore", "oks_matrix", "oks_nms", "build_results"]
 
 PIXEL_STD = 200.0
 
@@ -117,11 +117,3 @@ def build_results(
                 }
             )
     return results
-
-
-def results_by_image(results: Sequence[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
-    """Group results records by ``image_id``."""
-    out: dict[int, list[dict[str, Any]]] = {}
-    for r in results:
-        out.setdefault(int(r["image_id"]), []).append(r)
-    return out

@@ -1,0 +1,125 @@
+"""How the data CLIs end on bad input: one line on stderr and exit code 2, never a traceback.
+
+``run_cli(prog, body)`` runs a CLI body and turns ``OSError``/``ValueError`` (bad paths, bad
+files, bad arguments) into ``<prog>: error: <one line>`` with exit code 2, and Ctrl-C or SIGTERM
+into ``<prog>: interrupted`` with exit code 130 or 143 (raised as exceptions, so ``finally``
+blocks clean up). The ``require_*`` checks raise those errors with a message that names the path.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "Terminated",
+    "one_line",
+    "require_dir",
+    "require_file",
+    "require_writable_dir",
+    "require_writable_file",
+    "run_cli",
+]
+
+EXIT_BAD_INPUT = 2
+
+
+class Terminated(SystemExit):
+    """Raised in the main thread on SIGTERM while a CLI body runs (exit code 143)."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGTERM)
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (an OSError as 'reason: path')."""
+    if isinstance(error, OSError) and error.strerror and error.filename is not None:
+        msg = f"{error.strerror}: {os.fspath(error.filename)}"
+    else:
+        msg = str(error) or type(error).__name__
+    return " ".join(msg.split())
+
+
+def require_dir(path: str, what: str) -> str:
+    """``path`` if it is an existing directory, else FileNotFoundError/NotADirectoryError naming it."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    if not os.path.isdir(path):
+        raise NotADirectoryError(f"{what} {path} is not a folder")
+    return path
+
+
+def require_file(path: str, what: str) -> str:
+    """``path`` if it is an existing regular file, else FileNotFoundError/IsADirectoryError naming it."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{what} {path} is a folder, not a file")
+    return path
+
+
+def _nearest_existing(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def require_writable_dir(path: str, what: str) -> str:
+    """``path`` if it is a writable folder or can be created (its nearest existing ancestor is one)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(f"{what} {path} exists and is not a folder")
+    base = _nearest_existing(path)
+    if not os.path.isdir(base):
+        raise NotADirectoryError(f"{what} {path} cannot be created: {base} is not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {path} is not writable ({base} is read-only)")
+    return path
+
+
+def require_writable_file(path: str, what: str) -> str:
+    """``path`` if it is not a folder and its folder is writable or can be created."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{what} {path} is a folder, not a file")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise PermissionError(f"{what} {path} is not writable")
+    base = _nearest_existing(os.path.dirname(os.path.abspath(path)))
+    if not os.path.isdir(base):
+        raise NotADirectoryError(f"{what} {path} cannot be written: {base} is not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {path} cannot be written: {base} is read-only")
+    return path
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def run_cli(prog: str, body: Callable[[], int]) -> int:
+    """Run ``body()``; bad input -> one stderr line and 2, Ctrl-C -> 130, SIGTERM -> 143."""
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        pass
+    try:
+        return body()
+    except (OSError, ValueError) as e:
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Terminated as e:
+        print(f"{prog}: terminated (SIGTERM)", file=sys.stderr)
+        return int(e.code)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
