@@ -1,4 +1,4 @@
-"""The inference API: ``aggpose_jax.load(path)`` -> ``PoseModel`` with ``heatmaps(images)``."""
+"""The inference API: ``aggpose_jax.load(path)`` -> ``PoseModel`` with ``heatmaps(images)`` and ``predictor()``."""
 
 from __future__ import annotations
 
@@ -39,6 +39,20 @@ class PoseModel:
         return _heatmaps(*nnx.split(self.model), images)
 
     __call__ = heatmaps
+
+    def predictor(self, keypoints: str | None = None, **options: Any) -> Any:
+        """Keypoints of images and videos with this model: an ``aggpose_jax.predict.Predictor``.
+
+        ``keypoints``: the keypoint set's name (default: 'coco' for 17 joints, 'infant' for 21); ``options``:
+        the predictor's (``flip``, ``decode``, ``batch_size``, ``subject``, ``min_box_score``, ``progress``).
+        """
+        from aggpose_jax.pose.keypoints import get_keypoint_set
+        from aggpose_jax.predict.runner import Predictor
+
+        name = keypoints or {17: "coco", 21: "infant"}.get(self.config.num_joints)
+        if name is None:
+            raise ValueError(f"predictor: name the keypoint set of this {self.config.num_joints}-joint model")
+        return Predictor(self, get_keypoint_set(name), **options)
 
     def __repr__(self) -> str:
         return f"PoseModel({self.config})"
