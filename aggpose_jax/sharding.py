@@ -1,8 +1,10 @@
 """Device mesh and shardings for data-parallel (optionally FSDP) training.
 
-One mesh axis, ``'data'``, spans every device of every process. Batches are sharded along it
-(each process supplies its own rows); the training state is replicated, or with FSDP every
-large array is split along its largest dimension divisible by the device count. The FSDP rule
+One mesh axis, ``'data'``, spans every device of every process, grouped by process (process 0's
+devices first, so process i's rows of a global batch are block i, on process i's devices). Batches are
+sharded along it (each process supplies its own rows); the training state is replicated, or with
+FSDP every large array is split along its largest dimension divisible by the device count, across
+processes too. The FSDP rule
 depends only on an array's shape, so parameters, their optimizer moments and gradient
 accumulators get the same layout without tracking which leaf belongs to which parameter.
 """
@@ -20,8 +22,10 @@ DATA_AXIS = "data"
 
 
 def make_mesh(devices: list[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh with axis 'data' over ``devices`` (default: all devices of all processes)."""
-    devices = jax.devices() if devices is None else devices
+    """A 1-D mesh with axis 'data' over ``devices`` (default: all devices of all processes, grouped by process
+    so that every process's rows of a global batch are one contiguous block)."""
+    if devices is None:
+        devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
     return Mesh(np.asarray(devices).reshape(-1), (DATA_AXIS,))
 
 
@@ -58,6 +62,18 @@ def state_shardings(abstract_state: Any, mesh: Mesh, *, fsdp: bool = False, min_
     return jax.tree.map(one, abstract_state)
 
 
+def host_to_global(tree: Any, shardings: Any) -> Any:
+    """Place host values that are the same on every process (e.g. seeded initial parameters) on global
+    ``shardings``: each process fills only its own devices' shards (works across processes, where
+    ``jax.device_put`` of a process-local value cannot)."""
+
+    def one(x: Any, sharding: NamedSharding) -> jax.Array:
+        host = np.asarray(jax.device_get(x))
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(one, tree, shardings)
+
+
 def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Assemble the process-local rows of every process into global arrays sharded along 'data'.
 
@@ -92,6 +108,7 @@ __all__ = [
     "batch_sharding",
     "fsdp_spec",
     "state_shardings",
+    "host_to_global",
     "global_batch",
     "check_batch_size",
 ]

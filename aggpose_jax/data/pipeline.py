@@ -1,23 +1,33 @@
-"""Grain input pipelines: sources -> per-process shard -> shuffle -> decode/augment -> batches.
+"""Grain input pipelines: sources -> shuffle -> decode/augment -> this process's rows -> batches.
 
 Built on Grain's ``MapDataset``/``IterDataset`` API (not ``grain.DataLoader``) because the whole
-random-access part (sharding, the seeded per-epoch shuffle, per-record seeded augmentation,
-repeat) is a pure function of the element index, and the iterator's ``get_state``/``set_state``
-is a few integers (per worker) that restore exactly, also with worker processes.
+random-access part (the seeded per-epoch shuffle, per-record seeded augmentation, repeat, the
+process's rows) is a pure function of the element index, and the iterator's
+``get_state``/``set_state`` is a few integers (per worker) that restore exactly, also with worker
+processes.
 
 Order of operations (train):
 
-    source[shard_index::shard_count]          strided shard per process: disjoint and covering
-      .shuffle(seed)                          a new permutation each epoch (seed + epoch)
+    source.shuffle(seed)                      one global permutation per epoch (seed + epoch)
       .map(DecodeImage).filter(Drop...)       corrupt/missing images are skipped
-      .random_map(TrainTransform, seed+1)     rng from (seed + 1, global index): reproducible
-      .repeat(num_epochs)                     None = forever
-      .to_iter_dataset().batch(B, drop_remainder=True)
+      .random_map(TrainTransform, seed+1)     rng from (seed + 1, global position): reproducible
+      .repeat(num_epochs)                     the global sample stream; None = forever
+      -> rows of process i                    global batch b = stream[b*G, (b+1)*G); process i takes
+                                              its rows [i*L, (i+1)*L) (G global, L = G / N local batch)
+      .to_iter_dataset().batch(L, drop_remainder=True)
       .mp_prefetch(worker_count)              batches are made inside the workers (shared memory)
 
-Eval: no shuffle or augmentation, one pass, ``batch_and_pad``: every batch has ``batch_size``
-rows and a boolean ``valid`` column (False on padding rows). With W worker processes each worker
-batches its own slice, so up to W batches (each worker's last) may be partly padding.
+So the global batches, their augmentation included, are the same whatever the process count N and
+the worker count: process i's shard is disjoint from the others' and together they cover every
+epoch. With W worker processes, Grain gives worker w the local indices w, w+W, ...; the row mapping
+accounts for that, so worker w builds local batches w, w+W, ... and the interleaved output is in
+order. ``Loader.iterator(start_sample)`` starts the stream at any global sample position: that is how
+a checkpoint written by N processes resumes in M (``train/checkpoints.py``).
+
+Eval: no shuffle or augmentation, one pass over ``source[shard_index::shard_count]``,
+``batch_and_pad``: every batch has ``batch_size`` rows and a boolean ``valid`` column (False on
+padding rows). With W worker processes each worker batches its own slice, so up to W batches (each
+worker's last) may be partly padding.
 
 Worker processes are started with ``spawn``: a script that uses ``worker_count > 0`` needs an
 ``if __name__ == "__main__":`` guard (as any ``multiprocessing`` program), and its source must be
@@ -25,9 +35,10 @@ picklable (the COCO and TFDS sources are). Each worker runs OpenCV single-thread
 freed buffers in its heap (see ``keep_freed_buffers_in_heap``).
 
 Skipped records: samples whose image is missing or undecodable are dropped before batching, so a
-training batch never contains them and an epoch is correspondingly shorter. Every process logs
-the file once and appends to the loader's report directory; ``Loader.corrupt_images()`` reads
-the counts of all processes.
+training batch never contains them and an epoch is correspondingly shorter (the process that meets
+one takes the next row of its own share: its later batches shift by one sample, the shards stay
+disjoint). Every process logs the file once and appends to the loader's report directory;
+``Loader.corrupt_images()`` reads the counts of all processes.
 """
 
 from __future__ import annotations
@@ -41,9 +52,11 @@ import glob
 import json
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import cv2
@@ -100,22 +113,91 @@ def _close_open_iterators() -> None:
             pass
 
 
+class _ProcessRows(grain.MapDataset):
+    """Process ``shard_index``'s rows of the global batches of a sample stream, ordered for ``workers``.
+
+    Local index k -> worker w = k % W, q = k // W; that worker's batch t = q // L, row r = q % L; local
+    (= global) batch j = t * W + w; stream position ``start + j * G + shard_index * L + r``. With a
+    finite stream, positions past its end read as None (skipped): the last global batch may be incomplete,
+    and then batching drops each process's incomplete batch (the trainer's stream is endless).
+    """
+
+    def __init__(
+        self,
+        parent: grain.MapDataset,
+        *,
+        local_batch: int,
+        shard_index: int,
+        shard_count: int,
+        start: int,
+        workers: int,
+    ):
+        super().__init__(parent)
+        self._local, self._shard, self._start = int(local_batch), int(shard_index), int(start)
+        self._global = self._local * int(shard_count)
+        self._workers = max(1, int(workers))
+        total = len(parent)
+        if total >= sys.maxsize:  # repeated forever
+            self._end: int | None = None
+            self._length = sys.maxsize
+        else:
+            self._end = total
+            batches = -(-max(0, total - self._start) // self._global)
+            self._length = -(-batches // self._workers) * self._workers * self._local
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __str__(self) -> str:
+        return f"_ProcessRows(shard={self._shard}, global_batch={self._global}, start={self._start})"
+
+    def position(self, index: int) -> int | None:
+        """Stream position of local index ``index`` (None past the end of a finite stream)."""
+        worker, q = index % self._workers, index // self._workers
+        batch = (q // self._local) * self._workers + worker
+        position = self._start + batch * self._global + self._shard * self._local + q % self._local
+        return None if self._end is not None and position >= self._end else position
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return self.slice(index)
+        position = self.position(int(index))
+        return None if position is None else self._parent[position]
+
+
 @dataclasses.dataclass
 class Loader:
     """An iterable of batches (dicts of stacked numpy arrays).
 
-    ``iter(loader)`` returns a Grain ``DatasetIterator``: ``next``, ``get_state()``,
-    ``set_state(state)`` (the state is a small JSON-serialisable dict) and ``close()``.
+    ``iter(loader)`` (= ``loader.iterator()``) returns a :class:`LoaderIterator`: ``next``,
+    ``get_state()``, ``set_state(state)`` (a small JSON-serialisable dict), ``close()``, and for
+    training loaders the global sample position (``samples_seen``, ``seek``).
     """
 
-    dataset: grain.IterDataset
-    batch_size: int
-    num_records: int  # records in this process's shard, before skipping bad images
+    dataset: grain.IterDataset  # the pipeline from sample 0
+    batch_size: int  # per process
+    num_records: int  # records this process reads per pass (train: its rows of one epoch), before skipping
     train: bool
     report_dir: str
+    global_batch_size: int = 0  # train: batch_size * shard_count
+    shard_index: int = 0
+    shard_count: int = 1
+    worker_count: int = 0
+    epoch_size: int = 0  # records in the source
+    build: Callable[[int], grain.IterDataset] | None = dataclasses.field(default=None, repr=False)
 
-    def __iter__(self) -> grain.DatasetIterator:
-        it = iter(self.dataset)
+    def __iter__(self) -> LoaderIterator:
+        return self.iterator()
+
+    def iterator(self, start_sample: int = 0) -> LoaderIterator:
+        """Batches from global stream position ``start_sample`` (train loaders; eval loaders start at 0)."""
+        return LoaderIterator(self, start_sample)
+
+    def _grain_iterator(self, start_sample: int) -> grain.DatasetIterator:
+        if start_sample and (not self.train or self.build is None):
+            raise ValueError("Loader.iterator: only training loaders start at a sample position")
+        dataset = self.build(start_sample) if start_sample else self.dataset
+        it = iter(dataset)
         _OPEN_ITERATORS.add(it)
         return it
 
@@ -133,6 +215,77 @@ class Loader:
             with open(path, encoding="utf-8") as f:
                 counts.update(json.loads(line) for line in f if line.strip())
         return dict(counts)
+
+
+class LoaderIterator:
+    """Iterator over a :class:`Loader` with Grain's interface, which also knows where it is in the global
+    sample stream (training loaders).
+
+    ``get_state()`` = ``{'start_sample', 'batches', 'grain'}``: the stream position the pipeline was
+    built at, the batches taken since, and Grain's own iterator state (exact, skipped records and worker
+    processes included). ``samples_seen`` = ``start_sample + batches * global_batch_size``: the global
+    position, the same on every process, from which ``seek`` rebuilds the pipeline for any process count.
+    """
+
+    def __init__(self, loader: Loader, start_sample: int = 0):
+        self.loader = loader
+        self._start, self._batches = int(start_sample), 0
+        self._it = loader._grain_iterator(self._start)
+
+    def __iter__(self) -> LoaderIterator:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        batch = next(self._it)
+        self._batches += 1
+        return batch
+
+    @property
+    def samples_seen(self) -> int:
+        return self._start + self._batches * self.loader.global_batch_size
+
+    def position(self) -> dict[str, int]:
+        """The process-count-independent data position and the layout it was read with."""
+        ld = self.loader
+        return {
+            "samples_seen": self.samples_seen,
+            "global_batch": ld.global_batch_size,
+            "process_count": ld.shard_count,
+            "worker_count": ld.worker_count,
+            "epoch_size": ld.epoch_size,
+        }
+
+    def get_state(self) -> dict[str, Any]:
+        return {"start_sample": self._start, "batches": self._batches, "grain": self._it.get_state()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore a ``get_state()`` (a bare Grain iterator state is accepted too)."""
+        if "grain" in state and "start_sample" in state:
+            self._rebuild(int(state["start_sample"]))
+            self._batches = int(state.get("batches", 0))
+            self._it.set_state(state["grain"])
+        else:
+            self._it.set_state(state)
+
+    def seek(self, sample: int) -> None:
+        """Continue from global stream position ``sample`` (a fresh pipeline; nothing is read to get there)."""
+        self._rebuild(int(sample), fresh=self._batches > 0)
+
+    def _rebuild(self, start: int, fresh: bool = False) -> None:
+        if fresh or start != self._start or self._it is None:
+            self.close()
+            self._it = self.loader._grain_iterator(start)
+        self._start, self._batches = start, 0
+
+    def start_prefetch(self) -> None:
+        if hasattr(self._it, "start_prefetch"):
+            self._it.start_prefetch()
+
+    def close(self) -> None:
+        """Stop the pipeline's threads and worker processes; the iterator cannot be used afterwards."""
+        if self._it is not None and hasattr(self._it, "close"):
+            self._it.close()
+        self._it = None  # freed now, not at interpreter shutdown (where Grain's finaliser fails noisily)
 
 
 def _section_get(section: Any, key: str, default: Any = None) -> Any:
@@ -175,10 +328,11 @@ def make_loader(
         aug; optional affine_convention 'aggpose' (default, the release) or 'hrnet').
       train: augmented, shuffled, repeated, full batches (``drop_remainder``); else one pass
         without augmentation, padded batches with ``valid``.
-      batch_size: per-process batch size.
-      seed: shuffle and augmentation seed (same on every process; shards differ).
+      batch_size: per-process batch size (train: the global batch is ``batch_size * shard_count``).
+      seed: shuffle and augmentation seed (the same on every process).
       num_epochs: training passes (None = forever); ignored in eval (one pass).
-      shard_index, shard_count: default ``jax.process_index()``, ``jax.process_count()``.
+      shard_index, shard_count: default ``jax.process_index()``, ``jax.process_count()``. Train: this
+        process's rows of every global batch; eval: records ``shard_index::shard_count``.
       worker_count: Grain worker processes; default ``data_config.num_workers`` (0 = in-process).
       prefetch: batches buffered per worker (or by a background thread when worker_count=0).
       read_threads: Grain read threads per process (0: the process's own thread does the work).
@@ -202,38 +356,71 @@ def make_loader(
     # Created by the first process that meets a bad image; nothing is written otherwise.
     report_dir = os.path.join(tempfile.gettempdir(), f"aggpose_bad_images_{uuid.uuid4().hex}")
 
-    ds = grain.MapDataset.source(source)[shard_index::shard_count]
-    num_records = len(ds)
+    ds = grain.MapDataset.source(source)
+    epoch_size = len(ds)
     if train:
         ds = ds.shuffle(seed=seed % 2**32)
-    ds = ds.map(T.DecodeImage(report_dir)).filter(T.DropUndecodable())
-    if train:
+        ds = ds.map(T.DecodeImage(report_dir)).filter(T.DropUndecodable())
         aug = T.AugmentConfig.from_config(_section_get(data_config, "aug"))
         ds = ds.random_map(
             T.TrainTransform(kp_set, image_size, heatmap_size, sigma, aug, convention=convention),
             seed=(seed + 1) % 2**32,
         )
-        ds = ds.repeat(num_epochs)
+        stream = ds.repeat(num_epochs)
+        global_batch = batch_size * shard_count
+        full, rest = divmod(epoch_size, global_batch)
+        num_records = full * batch_size + min(batch_size, max(0, rest - shard_index * batch_size))
     else:
-        ds = ds.map(T.EvalTransform(image_size, convention=convention))
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(1, 2 * batch_size)))
-    if train:
-        it = it.batch(batch_size, drop_remainder=True)
-    else:
-        pad = functools.partial(grain.experimental.batch_and_pad, batch_size=batch_size)
-        it = it.batch(batch_size, drop_remainder=False, batch_fn=pad)
+        ds = ds[shard_index::shard_count]
+        num_records, global_batch = len(ds), 0
+        stream = ds.map(T.DecodeImage(report_dir)).filter(T.DropUndecodable())
+        stream = stream.map(T.EvalTransform(image_size, convention=convention))
+    read = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(1, 2 * batch_size))
     if worker_count > 0:
         _allow_unparsed_absl_flags()
-        it = it.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=max(1, prefetch)),
-            worker_init_fn=_worker_init,
-        )
-    elif prefetch > 0:
-        it = grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=prefetch)
+
+    def build(start_sample: int) -> grain.IterDataset:
+        rows = stream
+        if train:
+            rows = _ProcessRows(
+                stream,
+                local_batch=batch_size,
+                shard_index=shard_index,
+                shard_count=shard_count,
+                start=start_sample,
+                workers=worker_count,
+            )
+        it = rows.to_iter_dataset(read)
+        if train:
+            it = it.batch(batch_size, drop_remainder=True)
+        else:
+            pad = functools.partial(grain.experimental.batch_and_pad, batch_size=batch_size)
+            it = it.batch(batch_size, drop_remainder=False, batch_fn=pad)
+        if worker_count > 0:
+            it = it.mp_prefetch(
+                grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=max(1, prefetch)),
+                worker_init_fn=_worker_init,
+            )
+        elif prefetch > 0:
+            it = grain.experimental.ThreadPrefetchIterDataset(it, prefetch_buffer_size=prefetch)
+        return it
+
     # The skipped-image reports are removed when this process exits (not with the loader: an iterator
     # may outlive it, and its workers may still be writing).
     atexit.register(_remove_report_dir, report_dir, os.getpid())
-    return Loader(it, batch_size, num_records, train, report_dir)
+    return Loader(
+        build(0),
+        batch_size,
+        num_records,
+        train,
+        report_dir,
+        global_batch_size=global_batch,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        worker_count=worker_count,
+        epoch_size=epoch_size,
+        build=build,
+    )
 
 
 def _remove_report_dir(path: str, owner_pid: int) -> None:
