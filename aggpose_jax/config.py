@@ -302,6 +302,16 @@ def _same_kind(value: Any, ref: Any) -> bool:
     return isinstance(value, type(ref))
 
 
+def check_paths(config: ml_collections.ConfigDict) -> None:
+    """Raise ``ValueError('config.<key>: PATH: no such file or directory')`` for a named input that is missing."""
+    keys = ("data.root", "data.detections_file", "eval.ann_file", "eval.image_dir", "init_checkpoint",
+            "init.mit_checkpoint", "data.tfds_data_dir")  # fmt: skip
+    for key in keys:
+        value = _get(config, key)
+        if value and not os.path.exists(os.fspath(value)):
+            raise ValueError(f"config.{key}: {value}: no such file or directory")
+
+
 def config_path(argv: Sequence[str]) -> str | None:
     """The value of ``--config`` in ``argv`` (None when absent)."""
     for i, arg in enumerate(argv):

@@ -111,7 +111,7 @@ def test_wrong_shaped_checkpoint_names_the_tensors(tmp_path, fixture_sd, capsys)
     assert str(path) in message and "norm3.bias" in message
     assert "block2.1.attn.kv.weight: got (60, 32), expected (64, 32)" in message
     dest = tmp_path / "out"
-    assert main([str(path), str(dest)]) == 1
+    assert main([str(path), str(dest)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("aggpose-convert: error:") and "block2.1.attn.kv.weight" in err and "\n" not in err
     assert not dest.exists()
@@ -139,7 +139,7 @@ def test_cli_module_entry_point_reports_bad_input(tmp_path):
         env=env,
         timeout=120,
     )
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 2, proc.stderr
     expected = f"aggpose-convert: error: {bad}: not a PyTorch checkpoint (not a torch.save zip archive)"
     assert proc.stderr.strip() == expected
     assert not (tmp_path / "out").exists()
@@ -151,7 +151,7 @@ def test_refuses_to_overwrite_unless_forced(tmp_path, fixture_sd, capsys):
     before = _listing(dest)
     with pytest.raises(FileExistsError, match="destination exists and is not empty"):
         convert_checkpoint(FIXTURE, dest)
-    assert main([str(FIXTURE), str(dest)]) == 1
+    assert main([str(FIXTURE), str(dest)]) == 2
     assert "use force=True (--force)" in capsys.readouterr().err
     assert _listing(dest) == before
     # --force replaces it (here with a checkpoint whose head differs) and leaves nothing else behind
@@ -268,6 +268,15 @@ def test_mit_mismatches_name_the_tensors(tmp_path, fixture_sd, fixture_params):
         import_mit_backbone(params, FIXTURE.with_suffix(".json"), TINY)
 
 
+def test_cli_bad_paths_are_one_line_and_exit_2(tmp_path, capsys):
+    assert main([str(tmp_path / "missing.pth"), str(tmp_path / "out")]) == 2
+    (tmp_path / "a_file").write_text("x")
+    assert main([str(FIXTURE), str(tmp_path / "a_file" / "out")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0] == f"aggpose-convert: error: {tmp_path / 'missing.pth'}: no such file"
+    assert lines[-1].startswith("aggpose-convert: error: ") and "a_file" in lines[-1] and "Traceback" not in lines[-1]
+
+
 def test_cli_mit_writes_an_initialised_model(tmp_path, capsys):
     # A narrow config (every width 16, one block per stage) keeps the real random initialisation cheap.
     config = get_model_config(
@@ -286,7 +295,7 @@ def test_cli_mit_writes_an_initialised_model(tmp_path, capsys):
     nvlabs["head.weight"] = np.ones((10, 16), np.float32)
     src = tmp_path / "mit.pth"
     write_torch_checkpoint(src, nvlabs)
-    assert main(["--mit", str(src), str(tmp_path / "x")]) == 1
+    assert main(["--mit", str(src), str(tmp_path / "x")]) == 2
     assert "--mit needs --config" in capsys.readouterr().err
     dest = tmp_path / "from_mit"
     assert main(["--mit", str(src), str(dest), "--config", str(config_file), "--seed", "3"]) == 0

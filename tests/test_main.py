@@ -50,6 +50,23 @@ def test_bad_config_names_the_key_and_writes_nothing(tmp_path, override, expecte
     assert not workdir.exists()
 
 
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--mode", "eval"], "config.init_checkpoint: empty and no training checkpoint in"),
+        (["--config.init_checkpoint=/no/such.pth"], "config.init_checkpoint: /no/such.pth: no such file or directory"),
+        (["--config.data.root=/no/such/coco"], "config.data.root: /no/such/coco: no such file or directory"),
+    ],
+    ids=["eval-without-checkpoint", "missing-init-checkpoint", "missing-data-root"],
+)
+def test_missing_inputs_are_one_line_before_anything_is_written(tmp_path, args, expected):
+    workdir = tmp_path / "wd"
+    proc = _main("--config", DEFAULT, "--workdir", str(workdir), *args, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [f"error: {expected}" + proc.stderr.strip().split(expected, 1)[1]]
+    assert not workdir.exists()
+
+
 def test_unwritable_workdir_fails_before_training(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a directory")

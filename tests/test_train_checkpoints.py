@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
-import warnings
 
 import grain
 import jax
@@ -13,7 +14,7 @@ import optax
 import pytest
 from flax import nnx
 
-from aggpose_jax.train.checkpoints import CorruptCheckpointWarning, TrainCheckpointer
+from aggpose_jax.train.checkpoints import CheckpointError, TrainCheckpointer
 
 
 class _Tiny(nnx.Module):
@@ -88,31 +89,96 @@ def test_keeps_last_n_and_best_by_ap(tmp_path):
     ckpt.close()
 
 
-def test_corrupt_latest_falls_back_with_warning(tmp_path):
-    directory = str(tmp_path / "ckpt")
+def _two_checkpoints(directory: str) -> None:
     ckpt = TrainCheckpointer(directory, keep=3, async_save=False)
     it = _iterator()
     ckpt.save(1, _state(1), it)
     ckpt.save(2, _state(2), it)
     ckpt.close()
-    state_dir = os.path.join(directory, "2", "state")
-    for root, _, files in os.walk(state_dir):  # damage every data and metadata file of step 2
+
+
+def _damage(step_dir: str) -> None:
+    for root, _, files in os.walk(os.path.join(step_dir, "state")):  # every data and metadata file
         for name in files:
             with open(os.path.join(root, name), "wb") as f:
                 f.write(b"garbage")
 
+
+def test_unreadable_latest_is_set_aside_with_one_short_warning(tmp_path, caplog, capfd):
+    directory = str(tmp_path / "checkpoints")
+    _two_checkpoints(directory)
+    _damage(os.path.join(directory, "2"))
     ckpt = TrainCheckpointer(directory, keep=3)
-    with pytest.warns(CorruptCheckpointWarning, match="step 2"):
+    with caplog.at_level(logging.WARNING, logger="aggpose_jax"):
         step, restored = ckpt.restore_latest(_abstract(_state(0)), _iterator())
     assert step == 1 and _equal(restored, _state(1))
     assert ckpt.all_steps() == [1]
-    assert os.listdir(directory + "_corrupt")  # moved aside, not deleted
+    (aside,) = os.listdir(directory + "_unreadable")  # renamed, not deleted
+    assert aside.startswith("2-") and os.listdir(os.path.join(directory + "_unreadable", aside))
+    warnings = [r.getMessage() for r in caplog.records if r.name.startswith("aggpose_jax")]
+    assert len(warnings) == 1 and "step 2" in warnings[0] and len(warnings[0]) <= 200, warnings
+    assert "\n" not in warnings[0]
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "tensorstore" not in err.lower(), err[-2000:]
+    with open(ckpt.restore_log) as f:
+        assert "Traceback" in f.read()  # the details are kept, in the workdir's log
+    ckpt.close()
+
+
+def test_every_checkpoint_unreadable_stops_with_one_line(tmp_path):
+    directory = str(tmp_path / "checkpoints")
+    _two_checkpoints(directory)
+    _damage(os.path.join(directory, "1"))
+    _damage(os.path.join(directory, "2"))
+    ckpt = TrainCheckpointer(directory, keep=3)
+    with pytest.raises(CheckpointError, match=r"none of the 2 checkpoints .* --restart") as info:
+        ckpt.restore_latest(_abstract(_state(0)), _iterator())
+    assert "\n" not in str(info.value)
+    assert sorted(n.split("-")[0] for n in os.listdir(directory + "_unreadable")) == ["1", "2"]
+    ckpt.close()
+
+
+def test_incompatible_checkpoint_is_refused_and_left_in_place(tmp_path):
+    directory = str(tmp_path / "checkpoints")
+    _two_checkpoints(directory)
+    other = _state(0)
+    other["params"]["fc"]["kernel"] = jnp.zeros((3, 5))  # another architecture
+    ckpt = TrainCheckpointer(directory, keep=3)
+    with pytest.raises(CheckpointError, match=r"step 2 .* does not fit the configured model.*fc.*kernel"):
+        ckpt.restore_latest(_abstract(other), _iterator())
+    assert ckpt.all_steps() == [1, 2] and not os.path.exists(directory + "_unreadable")
+    ckpt.close()
+
+
+def test_a_failed_write_is_one_error_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """ENOSPC raised where Orbax writes array data, during an asynchronous save."""
+    import orbax.checkpoint as ocp
+
+    directory = str(tmp_path / "checkpoints")
+    ckpt = TrainCheckpointer(directory, keep=3, async_save=True)
+    it = _iterator()
+    ckpt.save(1, _state(1), it)
+    ckpt.wait()
+
+    async def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ocp.type_handlers.ArrayHandler, "serialize", disk_full)
+    with pytest.raises(
+        CheckpointError, match=r"writing step 2 .*No space left on device.*the last complete one is step 1"
+    ):
+        ckpt.save(2, _state(2), it)
+        ckpt.wait()
+    monkeypatch.undo()
+    ckpt.close()
+    ckpt = TrainCheckpointer(directory, keep=3)
+    assert ckpt.all_steps() == [1]
+    step, restored = ckpt.restore_latest(_abstract(_state(0)), _iterator())
+    assert step == 1 and _equal(restored, _state(1))
     ckpt.close()
 
 
 def test_no_checkpoint_returns_none(tmp_path):
     ckpt = TrainCheckpointer(str(tmp_path / "empty"), keep=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", CorruptCheckpointWarning)
-        assert ckpt.restore_latest(_abstract(_state(0)), _iterator()) is None
+    assert ckpt.restore_latest(_abstract(_state(0)), _iterator()) is None
     ckpt.close()

@@ -84,8 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.src, args.dest, config=args.config, heads=args.heads, key=args.key, force=args.force
             )
     except (CheckpointError, CheckpointMismatchError, FileExistsError, ValueError, OSError) as err:
-        print(f"aggpose-convert: error: {one_line(str(err))}", file=sys.stderr)
-        return 1
+        text = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) and err.filename and err.strerror else err
+        print(f"aggpose-convert: error: {one_line(str(text))}", file=sys.stderr)
+        return 2
     shapes = expected_torch_shapes(config)
     num_params = sum(math.prod(s) for s in shapes.values())
     print(f"wrote {args.dest}")

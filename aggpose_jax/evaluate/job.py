@@ -3,8 +3,9 @@
 ``evaluate_params`` runs the val loader, predicts, decodes, scores, draws and appends the metrics to
 ``workdir/metrics.json``; the training loop and ``--mode eval`` (``evaluate_run``) both call it.
 Inference runs on each process's own devices (a local mesh) with a process-local copy of the
-parameters, so processes never wait on each other per batch; ``evaluate.topdown.evaluate`` merges the
-per-process results on process 0.
+parameters, so processes never wait on each other per batch; each reads its own shard of the val set
+(``source[i::N]``) and ``evaluate.topdown.evaluate`` gathers the decoded people of all processes before
+rescoring, OKS-NMS and COCO scoring on process 0 (the AP does not depend on the process count).
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ def evaluate_run(config: Any, model_cfg: ModelConfig, workdir: str) -> dict[str,
 
     if config.init_checkpoint:
         model_cfg, params = eval_params(config, model_cfg)
-        name = os.path.basename(os.path.normpath(config.init_checkpoint))
+        name = os.path.splitext(os.path.basename(os.path.normpath(config.init_checkpoint)))[0]  # e.g. eval/infant_l
         return evaluate_params(config, model_cfg, params, workdir, 0, name=name)
     directory = os.path.join(workdir, "checkpoints")
     try:

@@ -12,7 +12,6 @@ As the HRNet/AggPose COCO evaluation:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np

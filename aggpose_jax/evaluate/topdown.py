@@ -7,12 +7,18 @@ image pixels. Then rescoring, OKS-NMS, the results JSON and pycocotools.
 
 The next batch's ``predict_fn`` calls are dispatched before the previous batch is decoded, so
 with an asynchronous (JAX) ``predict_fn`` the host-side decoding overlaps the device work.
+
+Several processes: each decodes its own shard of the val set; ``gather_predictions`` then
+all-gathers the decoded people (serialised arrays, exact) and puts them in one canonical order
+(image id, box score, centre, scale), so rescoring, OKS-NMS (per image, across shards) and
+pycocotools see the same input whatever the process and loader-worker counts. Process 0 scores,
+writes and draws; the others receive its stats.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob
+import io
 import json
 import logging
 import os
@@ -27,7 +33,7 @@ from aggpose_jax.pose import geometry
 from aggpose_jax.pose.codec import decode_heatmaps
 from aggpose_jax.pose.flip import flip_average, flip_images
 
-__all__ = ["PersonPredictions", "predict_people", "decode_to_image", "evaluate"]
+__all__ = ["PersonPredictions", "predict_people", "decode_to_image", "gather_predictions", "evaluate"]
 
 log = logging.getLogger(__name__)
 
@@ -147,23 +153,74 @@ def _default_image_dir(ann_file: str) -> str:
     return os.path.join(root, split)
 
 
-def _gather_results(results: list[dict[str, Any]], out_dir: str) -> list[dict[str, Any]] | None:
-    """Multi-process: merge every process's results on process 0 via ``out_dir`` (a shared
-    filesystem). Returns the merged list on process 0, None elsewhere; unchanged with one process."""
-    import jax
+def _allgather_bytes(blob: bytes) -> list[bytes]:
+    """Every process's ``blob``, in process order, on every process (a device all-gather of padded bytes)."""
     from jax.experimental import multihost_utils
 
+    data = np.frombuffer(blob, np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.int32(data.size))).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[: data.size] = data
+    gathered = np.asarray(multihost_utils.process_allgather(padded))
+    return [gathered[i, : int(n)].tobytes() for i, n in enumerate(sizes)]
+
+
+def _to_bytes(preds: PersonPredictions) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **dataclasses.asdict(preds))
+    return buf.getvalue()
+
+
+def _from_bytes(blob: bytes) -> PersonPredictions:
+    with np.load(io.BytesIO(blob)) as data:
+        return PersonPredictions(**{f.name: data[f.name] for f in dataclasses.fields(PersonPredictions)})
+
+
+def _canonical_order(preds: PersonPredictions) -> PersonPredictions:
+    """People sorted by (image id, box score, centre, scale): input order never decides ties."""
+    if len(preds) < 2:
+        return preds
+    order = np.lexsort(
+        (
+            preds.scales[:, 1],
+            preds.scales[:, 0],
+            preds.centers[:, 1],
+            preds.centers[:, 0],
+            preds.box_scores,
+            preds.image_ids,
+        )
+    )
+    return PersonPredictions(**{f.name: getattr(preds, f.name)[order] for f in dataclasses.fields(preds)})
+
+
+def gather_predictions(preds: PersonPredictions) -> PersonPredictions:
+    """This process's people joined with every other process's (all processes must call it), in canonical order."""
+    import jax
+
+    if jax.process_count() > 1:
+        from aggpose_jax.distributed import barrier
+
+        barrier("eval_predicted")  # the processes may finish their shards far apart
+        parts = [_from_bytes(blob) for blob in _allgather_bytes(_to_bytes(preds))]
+        parts = [p for p in parts if len(p)] or parts[:1]
+        preds = PersonPredictions(
+            **{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(preds)}
+        )
+    return _canonical_order(preds)
+
+
+def _share_stats(stats: dict[str, float] | None) -> dict[str, float]:
+    """Process 0's stats on every process (exact: sent as JSON)."""
+    import jax
+
     if jax.process_count() == 1:
-        return results
-    coco_eval.write_results(results, os.path.join(out_dir, f"results_part{jax.process_index():05d}.json"))
-    multihost_utils.sync_global_devices("aggpose_eval_results_written")
-    if jax.process_index() != 0:
-        return None
-    merged: list[dict[str, Any]] = []
-    for path in sorted(glob.glob(os.path.join(out_dir, "results_part*.json"))):
-        with open(path, encoding="utf-8") as f:
-            merged.extend(json.load(f))
-    return merged
+        assert stats is not None
+        return stats
+    from aggpose_jax.distributed import barrier
+
+    barrier("eval_scored")  # process 0 scored and drew meanwhile
+    blob = json.dumps(stats).encode() if jax.process_index() == 0 else b""
+    return json.loads(_allgather_bytes(blob)[0])
 
 
 def evaluate(
@@ -216,12 +273,17 @@ def evaluate(
         shift_heatmap=shift_heatmap,
         convention=convention,
     )
+    preds = gather_predictions(preds)
     if len(preds) and preds.keypoints.shape[1] != sigmas.shape[0]:
         raise ValueError(
             f"evaluate: model predicts {preds.keypoints.shape[1]} joints but keypoint set "
             f"'{getattr(keypoint_set, 'name', '?')}' has {sigmas.shape[0]}"
         )
-    results = postprocess.build_results(
+    import jax
+
+    if jax.process_index() != 0:  # process 0 scores, writes and draws
+        return _share_stats(None)
+    merged = postprocess.build_results(
         preds.image_ids,
         preds.keypoints,
         preds.maxvals,
@@ -231,15 +293,7 @@ def evaluate(
         oks_nms_thre=oks_nms_thre,
         in_vis_thre=in_vis_thre,
     )
-    merged = _gather_results(results, out_dir)
     stats_path = os.path.join(out_dir, "stats.json")
-    if merged is None:  # not process 0: wait for its stats
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("aggpose_eval_stats_written")
-        with open(stats_path, encoding="utf-8") as f:
-            return json.load(f)
-
     coco_eval.write_results(merged, os.path.join(out_dir, "keypoints_results.json"))
     coco_gt = coco_eval.load_coco_gt(ann_file)
     stats, summary = coco_eval.coco_keypoint_eval(merged, coco_gt, sigmas)
@@ -263,13 +317,8 @@ def evaluate(
                 os.path.join(out_dir, "predictions.png"),
                 max_images=draw_images,
                 kpt_thre=in_vis_thre,
+                ground_truth=coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=[i for i, _ in paths])),
             )
         except (OSError, ValueError) as e:  # drawing is a convenience; never lose the stats
             log.warning("evaluate: could not draw predictions: %s", e)
-    import jax
-
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("aggpose_eval_stats_written")
-    return stats
+    return _share_stats(stats)

@@ -1,8 +1,22 @@
 """Training loop: a jitted data-parallel step over a device mesh, checkpoints, evaluation.
 
-The step (``train/step.py``) is compiled once with ``jax.jit`` over the 'data' mesh (batch sharded,
-state replicated or FSDP-sharded, state buffers donated). ``Trainer(config, workdir).fit()`` resumes
-from the workdir's latest checkpoint, trains, evaluates (``aggpose_jax.evaluate``) and saves.
+The step (``train/step.py``) is compiled once with ``jax.jit`` over the 'data' mesh of every device
+of every process (batch sharded, state replicated or FSDP-sharded, state buffers donated).
+``Trainer(config, workdir).fit()`` resumes from the workdir's latest checkpoint, trains, evaluates
+(``aggpose_jax.evaluate``) and saves.
+
+Several processes (``aggpose_jax.distributed``): each process reads its own rows of every global
+batch (``data/pipeline.py``) and ``sharding.global_batch`` assembles them into one global array;
+parameters start identical on every process (same seed) and are placed shard by shard. Process 0
+alone writes progress lines, TensorBoard scalars, metrics and pictures; Orbax writes each
+checkpoint once, with every process's iterator state beside it (``train/checkpoints.py``). A
+checkpoint written by N processes resumes in M: the state is resharded by Orbax and the data go on
+from the saved global sample position.
+
+Stopping: SIGTERM/SIGINT save a checkpoint and return ``preempted=True``. With several processes
+JAX's preemption notifier catches SIGTERM (SIGINT is forwarded to it) and every process stops at the
+same step, agreed through the coordination service without a per-step collective; the checkpoint
+is then one consistent step for all.
 """
 
 from __future__ import annotations
@@ -21,12 +35,44 @@ import numpy as np
 
 from aggpose_jax import sharding as shd
 from aggpose_jax.config import model_config
+from aggpose_jax.distributed import barrier
 from aggpose_jax.logs import log
 from aggpose_jax.params import pretrained_params, split_model
 from aggpose_jax.train.checkpoints import TrainCheckpointer
 from aggpose_jax.train.optimizer import make_optimizer
 from aggpose_jax.train.progress import Progress
 from aggpose_jax.train.step import make_train_step, new_state
+
+_REPLICA_SLICE_MIN_BYTES = 256 * 1024
+
+
+@functools.cache
+def _save_small_arrays_from_one_replica() -> None:
+    """Orbax splits every replicated array into one slice per replica so that the replicas share the writing;
+    each distinct slice shape costs a compiled slice op, ~25 s on the first save of the tiny test model on 8
+    CPU devices. Only slices of at least 256 KiB (e.g. AggPose-L's large kernels) are split now; smaller
+    arrays are written whole by one replica."""
+    import orbax.checkpoint as ocp
+    from absl import logging as absl_logging
+    from orbax.checkpoint._src.serialization import jax_array_handlers
+
+    handler = jax_array_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=_REPLICA_SLICE_MIN_BYTES)
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)  # "overriding jax.Array": intended
+    try:
+        ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+    finally:
+        absl_logging.set_verbosity(level)
+
+
+def _preemption_notifier_active() -> bool:
+    """JAX's distributed runtime runs a preemption sync manager (its C++ SIGTERM handler is in place)."""
+    try:
+        from jax._src import distributed
+
+        return getattr(distributed.global_state, "preemption_sync_manager", None) is not None
+    except ImportError:
+        return False
 
 
 class NonFiniteLossError(RuntimeError):
@@ -41,6 +87,48 @@ class FitResult:
     step: int
     preempted: bool
     metrics: dict[str, float] | None  # the last evaluation, if any
+
+
+def make_sharded_step(
+    config: Any, model_cfg: Any, mesh: jax.sharding.Mesh, *, total_steps: int, steps_per_epoch: int
+) -> tuple[Any, Callable, Any, Any, Callable]:
+    """(optimizer, schedule, abstract state, state shardings, jitted step) for ``config`` on ``mesh``.
+
+    The step is ``jax.jit(step, in_shardings=(state, batch over 'data'), out_shardings=(state, replicated),
+    donate_argnums=0)``; ``config.train.fsdp`` shards parameters and optimizer state over 'data'. Cached per
+    configuration and device set in this process (resume, tests).
+    """
+    t = config.train
+    key = (
+        model_cfg,
+        config.optim.to_json(),
+        tuple(config.freeze),
+        int(total_steps),
+        int(steps_per_epoch),
+        tuple(d.id for d in mesh.devices.flat),
+        bool(t.fsdp),
+        int(t.fsdp_min_size),
+    )
+    if key not in _COMPILED:
+        graphdef, abstract_params, other = split_model(model_cfg, int(config.seed))
+        accum = int(config.optim.grad_accum_steps)
+        tx, schedule = make_optimizer(
+            config.optim,
+            abstract_params,
+            total_updates=int(total_steps) // accum,
+            updates_per_epoch=steps_per_epoch / accum,
+            freeze=tuple(config.freeze),
+        )
+        abstract = jax.eval_shape(functools.partial(new_state, tx, 0), abstract_params)
+        state_sharding = shd.state_shardings(abstract, mesh, fsdp=bool(t.fsdp), min_size=int(t.fsdp_min_size))
+        step_fn = jax.jit(
+            make_train_step(graphdef, other, tx),
+            in_shardings=(state_sharding, shd.batch_sharding(mesh)),
+            out_shardings=(state_sharding, shd.replicated(mesh)),
+            donate_argnums=0,
+        )
+        _COMPILED[key] = (tx, schedule, abstract, state_sharding, step_fn)
+    return _COMPILED[key]
 
 
 class Trainer:
@@ -91,49 +179,25 @@ class Trainer:
         ev = config.eval
         self.eval_every = int(ev.every_steps) or int(round(float(ev.every_epochs) * self.steps_per_epoch))
         self.accum = int(config.optim.grad_accum_steps)
-        self.graphdef, abstract_params, self.other = split_model(self.model_cfg, int(config.seed))
-        key = (
-            self.model_cfg,
-            config.optim.to_json(),
-            tuple(config.freeze),
-            self.total_steps,
-            self.steps_per_epoch,
-            tuple(d.id for d in self.mesh.devices.flat),
-            bool(t.fsdp),
-            int(t.fsdp_min_size),
+        self.graphdef, _, self.other = split_model(self.model_cfg, int(config.seed))
+        self.tx, self.schedule, abstract, self.state_sharding, self.step_fn = make_sharded_step(
+            config, self.model_cfg, self.mesh, total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch
         )
-        if key not in _COMPILED:  # same job in the same process (resume, tests): reuse the compiled step
-            tx, schedule = make_optimizer(
-                config.optim,
-                abstract_params,
-                total_updates=self.total_steps // self.accum,
-                updates_per_epoch=self.steps_per_epoch / self.accum,
-                freeze=tuple(config.freeze),
-            )
-            abstract = jax.eval_shape(functools.partial(new_state, tx, 0), abstract_params)
-            state_sharding = shd.state_shardings(abstract, self.mesh, fsdp=bool(t.fsdp), min_size=int(t.fsdp_min_size))
-            step_fn = jax.jit(
-                make_train_step(self.graphdef, self.other, tx),
-                in_shardings=(state_sharding, shd.batch_sharding(self.mesh)),
-                out_shardings=(state_sharding, shd.replicated(self.mesh)),
-                donate_argnums=0,
-            )
-            _COMPILED[key] = (tx, schedule, abstract, state_sharding, step_fn)
-        self.tx, self.schedule, abstract, self.state_sharding, self.step_fn = _COMPILED[key]
         self.abstract_state = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, self.state_sharding
         )
+        _save_small_arrays_from_one_replica()
         self.checkpointer = TrainCheckpointer(
             os.path.join(self.workdir, "checkpoints"),
             keep=int(t.keep_checkpoints),
             async_save=bool(t.async_checkpoints),
         )
         self._stop_signal: int | None = None
+        self._notifier = False
 
     def initial_state(self) -> dict:
         """Fresh state: random / MiT / checkpoint parameters per the config, placed on the mesh."""
-        params = pretrained_params(self.config, self.model_cfg)
-        params = jax.device_put(params, self.state_sharding["params"])
+        params = shd.host_to_global(pretrained_params(self.config, self.model_cfg), self.state_sharding["params"])
         init = functools.partial(new_state, self.tx, int(self.config.seed))
         return jax.jit(init, out_shardings=self.state_sharding)(params)
 
@@ -143,6 +207,8 @@ class Trainer:
             return self.initial_state()
         step, state = restored
         log.info("resumed from %s at step %d", self.checkpointer.directory, step)
+        if getattr(self.checkpointer, "data_position", None):
+            log.info("%s", self.checkpointer.data_position)
         return state
 
     def learning_rate(self, step: int) -> float:
@@ -154,14 +220,33 @@ class Trainer:
         del frame
         self._stop_signal = signum
 
+    def _forward_to_notifier(self, signum: int, frame: Any) -> None:
+        """Multi-process SIGINT: hand it to JAX's preemption notifier as SIGTERM (one agreed stop step)."""
+        del frame
+        self._stop_signal = signum
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """Returns the replaced handlers. Single process: SIGTERM/SIGINT set a flag. Several processes with
+        JAX's preemption notifier (it owns SIGTERM): SIGINT is forwarded to it."""
+        self._notifier = jax.process_count() > 1 and _preemption_notifier_active()
+        if threading.current_thread() is not threading.main_thread():  # signal handlers: main thread only
+            return {}
+        if self._notifier:
+            return {signal.SIGINT: signal.signal(signal.SIGINT, self._forward_to_notifier)}
+        return {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
     def _stop_requested(self, step: int) -> bool:
-        """A signal arrived (SIGTERM/SIGINT) or the JAX runtime reports a preemption. With several
-        processes the signal flags are combined every 10 steps so that all stop at the same step."""
+        """A signal arrived (SIGTERM/SIGINT) or the JAX runtime reached a preemption sync point (several
+        processes: all return True at the same step). Without JAX's notifier the processes' signal flags
+        are combined every 10 steps instead, so that all stop at the same step."""
         if self.checkpointer.reached_preemption(step):
+            if self._stop_signal is None:
+                self._stop_signal = signal.SIGTERM
             return True
         if jax.process_count() == 1:
             return self._stop_signal is not None
-        if step % 10:
+        if self._notifier or step % 10:
             return False
         from jax.experimental import multihost_utils
 
@@ -185,6 +270,16 @@ class Trainer:
         pending.clear()
         return float(np.mean([m["loss"] for m in host])), float(host[-1]["grad_norm"])
 
+    def _executable(self, state: dict, batch: dict) -> Callable:
+        """The step to run. Several processes: compiled ahead of time, then all processes meet at a barrier, so
+        that the step's first collectives start together however long each process took to compile (process 0
+        may load it from the persistent cache while the others compile)."""
+        if jax.process_count() == 1 or not hasattr(self.step_fn, "lower"):
+            return self.step_fn
+        compiled = self.step_fn.lower(state, batch).compile()
+        barrier("train_step_compiled")
+        return compiled
+
     def evaluate(self, state: dict, step: int) -> dict[str, float]:
         from aggpose_jax.evaluate.job import evaluate_params
 
@@ -199,20 +294,21 @@ class Trainer:
         state = self.restore_or_init(iterator)
         step = int(jax.device_get(state["step"]))
         progress = Progress(self.workdir, self.total_steps, self.global_batch)
-        previous = {}
-        if threading.current_thread() is threading.main_thread():  # signal handlers: main thread only
-            previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous = self._install_signal_handlers()
         pending: list[tuple[int, dict]] = []
         last_metrics: dict[str, float] | None = None
         log.info(
-            "training %s: %d steps (%d per epoch), global batch %d on %d devices, from step %d",
+            "training %s: %d steps (%d per epoch), global batch %d on %d devices in %d process(es)%s, from step %d",
             self.config.model.name,
             self.total_steps,
             self.steps_per_epoch,
             self.global_batch,
             self.mesh.devices.size,
+            jax.process_count(),
+            ", FSDP" if cfg.fsdp else "",
             step,
         )
+        run = None
         try:
             progress.start(step)
             t_compile = time.perf_counter()
@@ -231,7 +327,10 @@ class Trainer:
                 batch = next(iterator)
                 if self.batch_callback is not None:
                     batch = self.batch_callback(step, batch) or batch
-                state, metrics = self.step_fn(state, shd.global_batch(batch, self.mesh))
+                batch = shd.global_batch(batch, self.mesh)
+                if run is None:
+                    run = self._executable(state, batch)
+                state, metrics = run(state, batch)
                 step += 1
                 pending.append((step, metrics))
                 if t_compile is not None:  # first step: report compilation separately from the rate
@@ -259,8 +358,9 @@ class Trainer:
             return FitResult(step, False, last_metrics)
         finally:
             for s, handler in previous.items():
-                signal.signal(s, handler)
+                signal.signal(s, handler if handler is not None else signal.SIG_DFL)
             self.checkpointer.wait()
+            iterator.close()
             progress.close()
             self.state = state
 
