@@ -94,7 +94,7 @@ def run(config: ConfigDict, workdir: str, mode: str, reference: ConfigDict | Non
             try:
                 result = trainer.fit(evaluate=mode == "train_and_eval")
                 if done_before and not result.preempted:
-                    return _report_complete(config, model_cfg, workdir, trainer, evaluate=mode == "train_and_eval")
+                    _report_complete(config, model_cfg, workdir, trainer, evaluate=mode == "train_and_eval")
             except (NonFiniteLossError, CheckpointError) as err:
                 with contextlib.suppress(CheckpointError):
                     trainer.close()
@@ -103,6 +103,8 @@ def run(config: ConfigDict, workdir: str, mode: str, reference: ConfigDict | Non
                 trainer.close()
             except CheckpointError as err:
                 fail(str(err), code=1)
+            if done_before and not result.preempted:
+                return 0
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     if result.preempted:
