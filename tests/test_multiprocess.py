@@ -334,12 +334,16 @@ def test_evaluation_in_two_processes_gives_the_results_and_ap_of_one(runs: Runs,
         two = json.load(f)["latest"]
     assert two["step"] == 6 and two["num_people"] == one["num_people"] > 0
     for key in ("AP", "AP50", "AP75", "AR", "AR50"):
-        assert two[key] == one[key], key
-    # every result record (image, keypoints, score) as one process wrote it: the AP of a 6-step model is
-    # near 0, so this is the check with teeth
+        assert two[key] == pytest.approx(one[key], abs=1e-6), key
+    # every result record (image, keypoints, score) as one process wrote it, in the same order (the AP of a
+    # 6-step model is near 0, so this is the check with teeth); 4 devices per process compute the heatmaps
+    # with other thread blocking than 8, hence a float tolerance
     name = os.path.join("eval", "step_00000006", "keypoints_results.json")
     with open(os.path.join(a["spec"]["workdir"], name)) as f1, open(workdir / name) as f2:
-        assert json.load(f2) == json.load(f1)
+        want, got = json.load(f1), json.load(f2)
+    assert [(r["image_id"], r["category_id"]) for r in got] == [(r["image_id"], r["category_id"]) for r in want]
+    np.testing.assert_allclose([r["keypoints"] for r in got], [r["keypoints"] for r in want], rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in want], rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.long
