@@ -30,25 +30,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-COCO17_NAMES: tuple[str, ...] = (
-    "nose",
-    "left_eye",
-    "right_eye",
-    "left_ear",
-    "right_ear",
-    "left_shoulder",
-    "right_shoulder",
-    "left_elbow",
-    "right_elbow",
-    "left_wrist",
-    "right_wrist",
-    "left_hip",
-    "right_hip",
-    "left_knee",
-    "right_knee",
-    "left_ankle",
-    "right_ankle",
-)
+from aggpose_jax.pose.keypoints import COCO17
+
+COCO17_NAMES: tuple[str, ...] = COCO17.names  # the keypoint set's names, in its order
 
 OPENPOSE18_NAMES: tuple[str, ...] = (
     "Nose",
