@@ -20,7 +20,7 @@ from ml_collections import ConfigDict, config_flags
 
 from aggpose_jax import config as config_lib
 from aggpose_jax import workdir as workdir_lib
-from aggpose_jax.distributed import maybe_initialize_distributed
+from aggpose_jax.distributed import maybe_initialize_distributed, spec_from_env
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, metrics and predictions.")
@@ -57,6 +57,7 @@ def run(config: ConfigDict, workdir: str, mode: str, reference: ConfigDict | Non
     Nothing is recorded in the workdir before the checks pass. Returns the process exit code.
     """
     try:
+        spec_from_env()  # a broken AGGPOSE_* launch contract: one line, before anything starts
         model_cfg = config_lib.validate(config, reference)
         config_lib.check_paths(config)
         if mode == "eval" and not config.init_checkpoint and not workdir_lib.has_state(os.path.abspath(workdir)):

@@ -19,6 +19,7 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
+from aggpose_jax.distributed import barrier
 from aggpose_jax.logs import log, write_json
 
 
@@ -59,10 +60,7 @@ def prepare_data(config: ConfigDict, workdir: str) -> None:
             val_fraction=float(syn.val_fraction),
         )
         os.replace(tmp, root)  # complete or absent: an interrupted run regenerates
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("aggpose_synthetic_data")
+    barrier("synthetic_data")  # a coordination barrier: generating may take longer than gloo's 30 s
     config.data.root = root
     if not config.data.use_gt_bbox and not config.data.detections_file:
         config.data.detections_file = os.path.join(root, "person_detections_val2017.json")

@@ -16,11 +16,11 @@ FIXTURE = os.path.join(REPO, "tests", "fixtures", "upstream_tiny17.pth")
 DEFAULT = os.path.join(REPO, "configs", "default.py")
 
 
-def _main(*args: str, timeout: int = 600, lock: bool = False) -> subprocess.CompletedProcess:
+def _main(*args: str, timeout: int = 600, lock: bool = False, **env: str) -> subprocess.CompletedProcess:
     with compile_lock() if lock else contextlib.nullcontext():
         return subprocess.run(
             [sys.executable, "-m", "aggpose_jax.main", *args],
-            env=child_env(),
+            env={**child_env(), **env},
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -64,6 +64,15 @@ def test_missing_inputs_are_one_line_before_anything_is_written(tmp_path, args, 
     proc = _main("--config", DEFAULT, "--workdir", str(workdir), *args, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [f"error: {expected}" + proc.stderr.strip().split(expected, 1)[1]]
+    assert not workdir.exists()
+
+
+def test_broken_launch_environment_is_one_line_before_anything_is_written(tmp_path):
+    workdir = tmp_path / "wd"
+    env = dict(AGGPOSE_DISTRIBUTED="1", AGGPOSE_COORDINATOR="localhost:1234", AGGPOSE_PROCESS_ID="0")
+    proc = _main("--config", DEFAULT, "--workdir", str(workdir), timeout=120, AGGPOSE_NUM_PROCESSES="two", **env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == ["error: AGGPOSE_NUM_PROCESSES: expected an integer >= 1, got 'two'"]
     assert not workdir.exists()
 
 

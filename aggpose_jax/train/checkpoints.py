@@ -43,6 +43,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from aggpose_jax.distributed import barrier
+
 log = logging.getLogger(__name__)
 
 
@@ -208,10 +210,7 @@ class TrainCheckpointer:
         if jax.process_index() == 0 and os.path.exists(src):
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             os.rename(src, dest)
-        if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-
-            multihost_utils.sync_global_devices(f"aggpose_unreadable_checkpoint_{step}")
+        barrier(f"unreadable_checkpoint_{step}")
         self.manager.reload()
         return dest
 
