@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from aggpose_jax.data.cli_errors import one_line
 from aggpose_jax.predict.outputs import DEFAULT_OUTPUTS, OUTPUT_KINDS
 
 PROG = "aggpose-predict"
@@ -144,11 +145,6 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text or type(err).__name__
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -163,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: interrupted (results written so far are kept)", file=sys.stderr)
         return 130
     except (ValueError, OSError, RuntimeError) as err:
-        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
         return 2
 
 
