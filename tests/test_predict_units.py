@@ -12,10 +12,10 @@ import pytest
 
 from aggpose_jax.data.synthetic import animate_figure
 from aggpose_jax.predict import series as ser
+from aggpose_jax.predict.batching import Prefetch, Timings
 from aggpose_jax.predict.boxes import BoxesError, BoxesFile, BoxPlan, box_from_keypoints, parse_region
 from aggpose_jax.predict.outputs import check_out_dir, unique_stems
 from aggpose_jax.predict.progress import Progress
-from aggpose_jax.predict.runner import Timings, _Prefetch
 from aggpose_jax.predict.subject import seed_windows
 
 
@@ -142,14 +142,14 @@ def test_prefetch_runs_ahead_and_passes_errors() -> None:
         yield from range(5)
         raise ValueError("bad frame")
 
-    pre = _Prefetch(produce(), lambda x: x * 10, 2, timings)
+    pre = Prefetch(produce(), lambda x: x * 10, 2, timings)
     got = []
     with pytest.raises(ValueError, match="bad frame"):
         for item in pre:
             got.append(item)
     pre.close()
     assert got == [0, 10, 20, 30, 40]
-    early = _Prefetch(iter(range(1000)), None, 2, timings)
+    early = Prefetch(iter(range(1000)), None, 2, timings)
     assert next(iter(early)) == 0
     early.close()  # stops the thread although items are left
 

@@ -16,8 +16,6 @@ import collections
 import concurrent.futures
 import dataclasses
 import os
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -27,8 +25,9 @@ import cv2
 import numpy as np
 
 from aggpose_jax.predict import provenance
+from aggpose_jax.predict.batching import Batcher, Item, Prefetch, Timings
 from aggpose_jax.predict.boxes import Box, BoxesError, BoxesFile, BoxPlan
-from aggpose_jax.predict.engine import CropEngine, Crops
+from aggpose_jax.predict.engine import CropEngine
 from aggpose_jax.predict.model import LoadedModel, load_model
 from aggpose_jax.predict.outputs import (
     DEFAULT_OUTPUTS,
@@ -45,180 +44,6 @@ from aggpose_jax.predict.sequences import format_quality_report
 from aggpose_jax.predict.series import SeriesSettings
 from aggpose_jax.predict.subject import Follower, SeveralPeopleError, SubjectSettings, seed, several_people
 from aggpose_jax.predict.video import VideoError, VideoInfo, VideoReader, is_image, is_video, list_inputs
-
-_END = object()
-
-
-@dataclasses.dataclass
-class Timings:
-    """Where the time of a run went (seconds). ``compile_s``: compiling the model function (a run compiles
-    it before the first input; in the other calls it lands in the first model call). ``read_s`` and
-    ``crop_s`` are spent in the reader thread
-    when boxes are known in advance (overlapping the model), ``seed_s`` is the host work of single-subject
-    seeds (their crops and decoding), ``model_wait_s`` the main thread waiting for heatmaps (seeds
-    included), ``decode_s`` heatmap decoding, ``write_s`` the result files."""
-
-    compile_s: float = 0.0
-    read_s: float = 0.0
-    crop_s: float = 0.0
-    seed_s: float = 0.0
-    model_wait_s: float = 0.0
-    decode_s: float = 0.0
-    write_s: float = 0.0
-    wall_s: float = 0.0
-    frames: int = 0
-    crops: int = 0
-    model_calls: int = 0
-
-    def add(self, other: Timings) -> None:
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-    def as_dict(self) -> dict[str, float]:
-        d = {k: round(v, 4) if isinstance(v, float) else v for k, v in dataclasses.asdict(self).items()}
-        d["frames_per_s"] = round(self.frames / self.wall_s, 3) if self.wall_s > 0 else None
-        return d
-
-
-@dataclasses.dataclass
-class _Item:
-    """A frame or image on its way through the pipeline."""
-
-    index: int
-    time_s: float | None
-    frame: np.ndarray | None
-    boxes: list[Box] = dataclasses.field(default_factory=list)
-    crops: Crops | None = None
-    keypoints: np.ndarray | None = None
-    scores: np.ndarray | None = None
-    remaining: int = 0
-    path: str = ""
-    error: str | None = None
-
-
-class _Prefetch:
-    """Runs ``produce`` (and ``prepare`` on each item) in a thread, ``depth`` items ahead of the consumer."""
-
-    def __init__(
-        self,
-        produce: Iterator[Any],
-        prepare: Callable[[Any], Any] | None,
-        depth: int,
-        timings: Timings,
-    ):
-        self._produce, self._prepare, self._timings = produce, prepare, timings
-        self._queue: queue.Queue = queue.Queue(maxsize=max(2, depth))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._work, name="aggpose-prefetch", daemon=True)
-        self._thread.start()
-
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _work(self) -> None:
-        try:
-            while not self._stop.is_set():
-                t0 = time.perf_counter()
-                try:
-                    item = next(self._produce)
-                except StopIteration:
-                    break
-                t1 = time.perf_counter()
-                self._timings.read_s += t1 - t0
-                if self._prepare is not None:
-                    item = self._prepare(item)
-                    self._timings.crop_s += time.perf_counter() - t1
-                if not self._put(item):
-                    return
-            self._put(_END)
-        except BaseException as err:  # handed to the consumer, raised there
-            self._put(err)
-
-    def __iter__(self) -> Iterator[Any]:
-        while True:
-            item = self._queue.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def close(self) -> None:
-        self._stop.set()
-        while self._thread.is_alive():
-            try:
-                self._queue.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        close = getattr(self._produce, "close", None)
-        if close is not None:
-            close()
-
-
-class _Batcher:
-    """Collects items with crops, runs them ``batch_size`` crops at a time, and hands back finished items
-    in arrival order. One batch stays in flight while the previous one is decoded."""
-
-    def __init__(self, engine: CropEngine, timings: Timings):
-        self.engine, self.timings = engine, timings
-        self.order: collections.deque[_Item] = collections.deque()
-        self.parts: list[tuple[_Item, int, int]] = []
-        self.open_n = 0
-        self.flight: collections.deque[tuple[Any, list[tuple[_Item, int, int]], np.ndarray, np.ndarray]] = (
-            collections.deque()
-        )
-
-    def add(self, item: _Item) -> list[_Item]:
-        n = 0 if item.crops is None else len(item.crops)
-        j = self.engine.config.num_joints
-        item.keypoints, item.scores = np.zeros((n, j, 2), np.float32), np.zeros((n, j), np.float32)
-        item.remaining = n
-        self.order.append(item)
-        start = 0
-        while start < n:
-            take = min(self.engine.batch_size - self.open_n, n - start)
-            self.parts.append((item, start, take))
-            self.open_n += take
-            start += take
-            if self.open_n == self.engine.batch_size:
-                self._dispatch()
-        return self._finished(in_flight=1)
-
-    def flush(self) -> list[_Item]:
-        if self.parts:
-            self._dispatch()
-        return self._finished(in_flight=0)
-
-    def _dispatch(self) -> None:
-        images = np.concatenate([it.crops.images[s : s + k] for it, s, k in self.parts])
-        centers = np.concatenate([it.crops.centers[s : s + k] for it, s, k in self.parts])
-        scales = np.concatenate([it.crops.scales[s : s + k] for it, s, k in self.parts])
-        self.flight.append((self.engine.dispatch(images), self.parts, centers, scales))
-        self.parts, self.open_n = [], 0
-
-    def _finished(self, in_flight: int) -> list[_Item]:
-        while len(self.flight) > in_flight:
-            pending, parts, centers, scales = self.flight.popleft()
-            heatmaps = pending.result()
-            t0 = time.perf_counter()
-            kp, sc = self.engine.decode_heatmaps(heatmaps, centers, scales)
-            self.timings.decode_s += time.perf_counter() - t0
-            offset = 0
-            for item, start, k in parts:
-                item.keypoints[start : start + k] = kp[offset : offset + k]
-                item.scores[start : start + k] = sc[offset : offset + k]
-                item.remaining -= k
-                offset += k
-        done = []
-        while self.order and self.order[0].remaining == 0:
-            done.append(self.order.popleft())
-        return done
 
 
 def _read_image(path: str) -> np.ndarray | None:
@@ -470,14 +295,14 @@ class Predictor:
     def _video_static(self, reader: VideoReader, boxes_for: Callable, emit: Callable, timings: Timings) -> None:
         engine, padding = self.engine, self.subject.padding
 
-        def prepare(frame: tuple[int, float, np.ndarray]) -> _Item:
+        def prepare(frame: tuple[int, float, np.ndarray]) -> Item:
             index, t, img = frame
             boxes = boxes_for(index)
             crops = engine.crop_boxes(img, np.stack([b.array() for b in boxes]), padding) if boxes else None
-            return _Item(index, t, img, boxes, crops)
+            return Item(index, t, img, boxes, crops)
 
-        batcher = _Batcher(engine, timings)
-        prefetch = _Prefetch(iter(reader), prepare, 2 * engine.batch_size, timings)
+        batcher = Batcher(engine, timings)
+        prefetch = Prefetch(iter(reader), prepare, 2 * engine.batch_size, timings)
         try:
             for item in prefetch:
                 for done in batcher.add(item):
@@ -487,7 +312,7 @@ class Predictor:
         finally:
             prefetch.close()
 
-    def _emit_video_item(self, item: _Item, emit: Callable) -> None:
+    def _emit_video_item(self, item: Item, emit: Callable) -> None:
         if not item.boxes:
             emit(Record.empty(item.index, item.time_s, self.num_joints), item.frame)
             return
@@ -498,7 +323,7 @@ class Predictor:
     def _video_single_subject(self, reader: VideoReader, emit: Callable, timings: Timings, stats: dict) -> None:
         engine, settings = self.engine, self.subject
         follower = Follower(settings)
-        prefetch = _Prefetch(iter(reader), None, 2 * engine.batch_size, timings)
+        prefetch = Prefetch(iter(reader), None, 2 * engine.batch_size, timings)
         frames = iter(prefetch)
         buffer: collections.deque[tuple[int, float, np.ndarray]] = collections.deque()
         exhausted = False
@@ -585,12 +410,12 @@ class Predictor:
                 raise VideoError(f"{path}: cannot read or decode the image")
         records: list[Record] = []
         given = None if boxes is None else _as_boxes(boxes, path)
-        item = _Item(0, None, bgr, given or [], None, path=path)
+        item = Item(0, None, bgr, given or [], None, path=path)
         for done in self._images([item], given is not None, Timings()):
             records = self._image_records(done)
         return ImagePrediction.from_records(path, records, self.num_joints)
 
-    def _image_records(self, item: _Item) -> list[Record]:
+    def _image_records(self, item: Item) -> list[Record]:
         if not item.boxes:
             return [Record.empty(0, None, self.num_joints)]
         return [
@@ -598,12 +423,12 @@ class Predictor:
             for p, b in enumerate(item.boxes)
         ]
 
-    def _images(self, items: Iterator[_Item] | list[_Item], with_boxes: bool, timings: Timings) -> Iterator[_Item]:
+    def _images(self, items: Iterator[Item] | list[Item], with_boxes: bool, timings: Timings) -> Iterator[Item]:
         """Finished image items, in order. With boxes: batched crops; without: single subject, seeded in
         batches, refusing images with several people."""
         engine = self.engine
         if with_boxes:
-            batcher = _Batcher(engine, timings)
+            batcher = Batcher(engine, timings)
             for item in items:
                 if item.error is not None:
                     yield item
@@ -615,9 +440,9 @@ class Predictor:
                 yield from batcher.add(item)
             yield from batcher.flush()
             return
-        batch: list[_Item] = []
+        batch: list[Item] = []
 
-        def run(batch: list[_Item]) -> list[_Item]:
+        def run(batch: list[Item]) -> list[Item]:
             ok = [it for it in batch if it.error is None]
             if ok:
                 t0, w0 = time.perf_counter(), engine.wait_s
@@ -728,20 +553,20 @@ class Predictor:
                 return plan.keep(plan.file_for(path).for_image(path.stem))
             return []
 
-        def produce() -> Iterator[_Item]:
+        def produce() -> Iterator[Item]:
             for i, p in enumerate(images):
                 img = _read_image(str(p))
                 if img is None:
-                    yield _Item(i, None, None, path=str(p), error="cannot read or decode the image")
+                    yield Item(i, None, None, path=str(p), error="cannot read or decode the image")
                     continue
-                yield _Item(i, None, img, boxes_of(p), path=str(p))
+                yield Item(i, None, img, boxes_of(p), path=str(p))
 
-        def prepare(item: _Item) -> _Item:
+        def prepare(item: Item) -> Item:
             if item.error is None and item.boxes:
                 item.crops = engine.crop_boxes(item.frame, np.stack([b.array() for b in item.boxes]))
             return item
 
-        prefetch = _Prefetch(produce(), prepare if with_boxes else None, 2 * engine.batch_size, timings)
+        prefetch = Prefetch(produce(), prepare if with_boxes else None, 2 * engine.batch_size, timings)
         complete = False
         try:
             for item in self._images(iter(prefetch), with_boxes, timings):
