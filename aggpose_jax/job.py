@@ -10,12 +10,17 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from typing import TYPE_CHECKING
 
 from ml_collections import ConfigDict
 
 from aggpose_jax import config as config_lib
 from aggpose_jax import workdir as workdir_lib
 from aggpose_jax.distributed import maybe_initialize_distributed, spec_from_env
+
+if TYPE_CHECKING:
+    from aggpose_jax.models.aggpose import ModelConfig
+    from aggpose_jax.train.loop import Trainer
 
 
 class JobError(Exception):
@@ -53,7 +58,7 @@ def run(
         raise JobError(str(err)) from None
 
 
-def _evaluate(config: ConfigDict, model_cfg, workdir: str) -> None:
+def _evaluate(config: ConfigDict, model_cfg: ModelConfig, workdir: str) -> None:
     from aggpose_jax.evaluate.job import evaluate_run
     from aggpose_jax.logs import log
 
@@ -62,7 +67,7 @@ def _evaluate(config: ConfigDict, model_cfg, workdir: str) -> None:
     log.info("AP %.4f; metrics in %s", metrics["AP"], os.path.join(workdir, "metrics.json"))
 
 
-def _train(config: ConfigDict, model_cfg, workdir: str, *, evaluate: bool, restart: bool) -> None:
+def _train(config: ConfigDict, model_cfg: ModelConfig, workdir: str, *, evaluate: bool, restart: bool) -> None:
     from aggpose_jax.logs import log
     from aggpose_jax.train.checkpoints import CheckpointError
     from aggpose_jax.train.loop import NonFiniteLossError, Trainer
@@ -88,15 +93,15 @@ def _train(config: ConfigDict, model_cfg, workdir: str, *, evaluate: bool, resta
         trainer.close()  # waits for the last asynchronous save
     except CheckpointError as err:
         raise JobError(str(err), code=1) from None
-    if done_before and not result.preempted:
-        return
     if result.preempted:
         log.info("preempted at step %d; rerun the same command to resume", result.step)
-    elif result.metrics:
+    elif result.metrics and not done_before:
         log.info("done: step %d, AP %.4f", result.step, result.metrics["AP"])
 
 
-def _report_complete(config: ConfigDict, model_cfg, workdir: str, trainer, *, evaluate: bool) -> None:
+def _report_complete(
+    config: ConfigDict, model_cfg: ModelConfig, workdir: str, trainer: Trainer, *, evaluate: bool
+) -> None:
     """A rerun of a finished run: say so; evaluate the final step first if its metrics are missing."""
     from aggpose_jax.logs import log
 
