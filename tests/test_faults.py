@@ -6,9 +6,8 @@ Console budget: at most 40 lines on stderr for any scenario (a clean 6-step run 
 The scenarios that train (kill -9, SIGTERM, damaged checkpoints, ENOSPC, more steps) are marked ``long``:
 each runs the main job once or twice, about 45 s a run on 2 cores, 7 minutes in all with ``-n 2``; they are
 left out of the default test command (``python -m pytest -q -n 2 -m long tests/test_faults.py`` runs
-them). The refusals and the lock takeover (changed architecture, busy workdir, stale lock) take seconds after
-the shared reference run and
-run with the default command.
+them). The refusals and the lock takeover (changed architecture, busy workdir, stale lock) take seconds
+after the shared reference run and run with the default command.
 """
 
 from __future__ import annotations
