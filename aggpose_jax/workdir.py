@@ -13,28 +13,22 @@ import shutil
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from ml_collections import ConfigDict
 
+from aggpose_jax.data.cli_errors import make_writable_dir
 from aggpose_jax.distributed import barrier
 from aggpose_jax.logs import log, write_json
 
 
 def check_writable(workdir: str) -> str:
     """Create ``workdir`` and prove it writable; raises ``ValueError`` naming it otherwise."""
-    workdir = os.path.abspath(workdir)
     try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write_test_{uuid.uuid4().hex}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        return make_writable_dir(workdir)
     except OSError as err:
-        raise ValueError(f"--workdir: {workdir} is not writable ({err.strerror or err})") from None
-    return workdir
+        raise ValueError(f"--workdir: {os.path.abspath(workdir)} is not writable ({err.strerror or err})") from None
 
 
 def prepare_data(config: ConfigDict, workdir: str) -> None:

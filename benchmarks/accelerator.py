@@ -58,6 +58,7 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+from benchmarks.report import replace_block  # noqa: E402 -- needs ROOT on sys.path
 
 START, END = "<!-- accelerator-benchmark:start -->", "<!-- accelerator-benchmark:end -->"
 
@@ -654,16 +655,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def update_benchmarks(path: pathlib.Path, body: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{START}\n{body.strip()}\n{END}"
-    if START in text and END in text:
-        text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + f"\n\n## Accelerator\n\n{block}\n"
-    path.write_text(text)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="write the JSON result here")
@@ -736,7 +727,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pathlib.Path(args.out).write_text(json.dumps(result, indent=1))
     print(markdown(result))
     if args.update_benchmarks and not s.smoke:
-        update_benchmarks(ROOT / "BENCHMARKS.md", markdown(result))
+        replace_block(ROOT / "BENCHMARKS.md", START, END, markdown(result), "Accelerator")
     return 0
 
 

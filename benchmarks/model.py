@@ -31,6 +31,8 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+from benchmarks.report import replace_block  # noqa: E402 -- needs ROOT on sys.path
+
 START, END = "<!-- model-benchmark:start -->", "<!-- model-benchmark:end -->"
 TORCH_LABEL = "PyTorch (reference)"
 WARMUP = 2  # PyTorch (oneDNN) needs two calls before its primitives are cached
@@ -242,17 +244,6 @@ def _ratios(rows: dict[tuple[str, str], list[dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: pathlib.Path, body: str) -> None:
-    """Replace the text between the model-benchmark markers of ``path`` (appending a section if absent)."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{START}\n{body.strip()}\n{END}"
-    if START in text and END in text:
-        text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + f"\n\n## Model\n\n{block}\n"
-    path.write_text(text)
-
-
 def _run_one(variant: str, framework: str, mode: str, *, batch: int, steps: int, threads: int) -> int:
     """Time one (variant, framework, mode) in this process; print the result as JSON on the last line."""
     from aggpose_jax.models.aggpose import get_model_config
@@ -390,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(body)
     if not args.no_write:
-        write_section(ROOT / "BENCHMARKS.md", body)
+        replace_block(ROOT / "BENCHMARKS.md", START, END, body, "Model")
         print(f"\nupdated {ROOT / 'BENCHMARKS.md'}")
     return 0
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 __all__ = [
     "EXIT_BAD_INPUT",
     "Terminated",
+    "make_writable_dir",
     "one_line",
     "require_dir",
     "require_file",
@@ -81,6 +83,18 @@ def require_writable_dir(path: str, what: str) -> str:
         raise NotADirectoryError(f"{what} {path} cannot be created: {base} is not a folder")
     if not os.access(base, os.W_OK | os.X_OK):
         raise PermissionError(f"{what} {path} is not writable ({base} is read-only)")
+    return path
+
+
+def make_writable_dir(path: str | os.PathLike[str]) -> str:
+    """Create the folder ``path`` if needed and prove a file can be written in it (a probe file, removed
+    again); returns its absolute path. Raises ``OSError`` when it cannot."""
+    path = os.path.abspath(os.fspath(path))
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, f".aggpose-write-test-{uuid.uuid4().hex[:8]}")
+    with open(probe, "w") as f:
+        f.write("ok")
+    os.remove(probe)
     return path
 
 

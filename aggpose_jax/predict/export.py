@@ -23,6 +23,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from aggpose_jax.data.cli_errors import one_line
+
 ARTIFACT = "heatmaps.jax_exported"
 META = "model.json"
 SCRIPT = "run_exported.py"
@@ -164,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             kernels=args.kernels,
         )
     except (ValueError, OSError, RuntimeError) as err:
-        print(f"{PROG}: error: {' '.join(str(err).split()) or type(err).__name__}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
         return 2
     h, w = meta["input_size"]
     print(f"exported {args.model} -> {os.path.join(args.out, ARTIFACT)} (crops (b, {h}, {w}, 3) -> heatmaps)")

@@ -30,7 +30,6 @@ import io
 import json
 import math
 import os
-import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from aggpose_jax.data.cli_errors import make_writable_dir
 from aggpose_jax.evaluate.draw import draw_skeleton
 from aggpose_jax.predict.results import Record
 from aggpose_jax.predict.series import Series, SeriesSettings, process
@@ -55,17 +55,11 @@ class OutputError(ValueError):
 
 def check_out_dir(out_dir: str | os.PathLike[str]) -> str:
     """Create ``out_dir`` if needed and check that files can be written in it; returns its absolute path."""
-    out = os.path.abspath(os.fspath(out_dir))
     try:
-        os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, f".aggpose-write-test-{uuid.uuid4().hex[:8]}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        return make_writable_dir(out_dir)
     except OSError as err:
         reason = err.strerror or type(err).__name__
-        raise OutputError(f"{out}: cannot write results there ({reason})") from None
-    return out
+        raise OutputError(f"{os.path.abspath(os.fspath(out_dir))}: cannot write results there ({reason})") from None
 
 
 def unique_stems(paths: Iterable[Path]) -> dict[Path, str]:
