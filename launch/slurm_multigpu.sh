@@ -38,8 +38,11 @@ Inside the job (SLURM_JOB_ID set, also under salloc): run
 
 WORKDIR: --workdir in MAIN_ARGS, else env WORKDIR, else runs/aggpose-<job id>; put it (and the
 data) on a filesystem all nodes share. config.train.batch_size is the global batch.
-SIGTERM to the job (preemption, scancel) is sent on to every task: they save a checkpoint and exit;
-a preempted job is requeued by SLURM (--requeue) and resumes. PYTHON selects the interpreter.
+Stopping: SIGUSR1 to this script (SLURM sends it S seconds before the time limit) or SIGTERM/SIGINT:
+`scancel --signal=TERM <job id>` delivers SIGTERM to every task through slurmd (not through srun,
+which answers its own SIGTERM by killing the tasks with SIGKILL); they save a checkpoint and exit 0;
+after SIGUSR1 the job then requeues itself. Preemption and scancel signal the tasks directly; a
+preempted job is requeued by SLURM (--requeue) and resumes. PYTHON selects the interpreter.
 EOF
 }
 
@@ -119,7 +122,9 @@ if [[ -z "${SLURM_JOB_ID:-}" ]]; then
   if ((DRY_RUN)); then
     printf '%s\n' "$(quote "${SBATCH[@]}")"
     echo "# then in the job ($((NODES * GPUS)) tasks): AGGPOSE_DISTRIBUTED=1 srun --kill-on-bad-exit=1" \
-      "--gpu-bind=none ... $(quote "${PYTHON}") -m aggpose_jax.main $(quote "${MAIN_ARGS[@]}")"
+      "--gpu-bind=none --cpus-per-task=${CPUS} ... $(quote "${PYTHON}") -m aggpose_jax.main $(quote "${MAIN_ARGS[@]}")"
+    echo "# SIGUSR1 ${SIGNAL_SECS} s before the time limit -> scancel --signal=TERM <job id> (the tasks save)," \
+      "then scontrol requeue <job id>"
     exit 0
   fi
   command -v sbatch >/dev/null 2>&1 || die "sbatch not found (run on a SLURM login node, or use --dry-run)"
@@ -140,9 +145,11 @@ for ((a = 0; a < ${#MAIN_ARGS[@]}; a++)); do
 done
 LOG_DIR=${WORKDIR_ARG%/}/logs
 # Every task sees all GPUs of its node (--gpu-bind=none); jax.distributed.initialize() then gives
-# task SLURM_LOCALID the GPU of that index.
-SRUN=(srun --kill-on-bad-exit=1 --gpu-bind=none --open-mode=append "--output=${LOG_DIR}/process_%t.log"
-  "${PYTHON}" -m aggpose_jax.main "${MAIN_ARGS[@]}")
+# task SLURM_LOCALID the GPU of that index. Since SLURM 22.05 srun does not inherit --cpus-per-task
+# from sbatch/salloc: without passing it again each task (and its data loaders) gets one core.
+SRUN=(srun --kill-on-bad-exit=1 --gpu-bind=none)
+if [[ -n "${SLURM_CPUS_PER_TASK:-}" ]]; then SRUN+=("--cpus-per-task=${SLURM_CPUS_PER_TASK}"); fi
+SRUN+=(--open-mode=append "--output=${LOG_DIR}/process_%t.log" "${PYTHON}" -m aggpose_jax.main "${MAIN_ARGS[@]}")
 TASKS=${SLURM_NTASKS:-1}
 ENV_WORDS=()
 if ((TASKS > 1)); then ENV_WORDS=(AGGPOSE_DISTRIBUTED=1); fi
@@ -159,23 +166,31 @@ say "job ${SLURM_JOB_ID}: ${TASKS} tasks; logs in ${LOG_DIR}/process_<task>.log"
 REQUEUE=0
 INTERRUPTED=0
 SRUN_PID=""
+# SIGTERM to the tasks themselves, delivered by slurmd to every job step (without --batch/--full the
+# batch step, i.e. this script and srun, is left out). Never `kill -TERM` srun: srun answers SIGTERM
+# with "forcing job termination", SIGKILL to every task, and nothing would be saved.
+# shellcheck disable=SC2317,SC2329 # (invoked by the traps below)
+stop_tasks() {
+  scancel --signal=TERM "${SLURM_JOB_ID}" \
+    || say "scancel --signal=TERM ${SLURM_JOB_ID} failed: the tasks go on until SLURM itself stops them"
+}
 # shellcheck disable=SC2317,SC2329 # (invoked by the traps below)
 on_time_limit() {
   INTERRUPTED=1
   REQUEUE=1
-  say "time limit near: stopping the tasks (they save a checkpoint), then requeueing the job"
-  if [[ -n "${SRUN_PID}" ]]; then kill -TERM "${SRUN_PID}" 2>/dev/null || true; fi
+  say "time limit near: SIGTERM to the tasks (they save a checkpoint and exit), then requeueing the job"
+  stop_tasks
 }
 # shellcheck disable=SC2317,SC2329
 on_term() {
   INTERRUPTED=1
-  say "SIGTERM/SIGINT: sending SIGTERM to the tasks (they save a checkpoint and exit)"
-  if [[ -n "${SRUN_PID}" ]]; then kill -TERM "${SRUN_PID}" 2>/dev/null || true; fi
+  say "SIGTERM/SIGINT: SIGTERM to the tasks (they save a checkpoint and exit)"
+  stop_tasks
 }
 trap 'on_time_limit' USR1
 trap 'on_term' TERM INT
 
-# srun runs in the background so that the traps run at once; srun sends the signals on to all tasks.
+# srun runs in the background so that the traps run at once.
 "${SRUN[@]}" &
 SRUN_PID=$!
 while :; do
