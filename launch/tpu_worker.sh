@@ -17,7 +17,7 @@ run: start `VENV/bin/python -m aggpose_jax.main MAIN_ARGS` in its own session, i
   WORKDIR/logs/worker_<hostname>.log and shown here; exit with its status.
   - the same --id again (a re-run ssh command): no second job; wait for the first and return its status;
   - another id: the previous run of this launcher still running is stopped (SIGTERM, SIGKILL after
-    STOP_GRACE s, default 30); another process of this user holding the TPU that runs aggpose_jax is
+    STOP_GRACE s, default 120); another process of this user holding the TPU that runs aggpose_jax is
     stopped the same way; any other holder -> refused (exit 3); then a stale /tmp/libtpu_lockfile
     (no process has it open) is removed;
   - WORKDIR is created (with sudo and handed to this user when the share is root-owned, as a fresh
@@ -110,18 +110,32 @@ step_setup() {
 # Whether $1 is the pid of a job this script started (its wrapper shell carries the marker).
 is_our_job() { [[ -n "$1" ]] && kill -0 "$1" 2>/dev/null && ps -o args= -p "$1" 2>/dev/null | grep -q 'aggpose-run:'; }
 
+# Whether process group $1 has a member that has not exited (zombies waiting for their parent do not count).
+group_alive() { ps -e -o pgid=,stat= | awk -v g="$1" '$1 == g && $2 !~ /^Z/ { found = 1 } END { exit !found }'; }
+
 # SIGTERM to process group $1 (the job saves a checkpoint), SIGKILL after STOP_GRACE seconds.
 stop_group() {
   local pgid=$1 waited=0
   kill -TERM -- "-${pgid}" 2>/dev/null || kill -TERM "${pgid}" 2>/dev/null || return 0
-  while kill -0 -- "-${pgid}" 2>/dev/null && ((waited < ${STOP_GRACE:-30} * 10)); do
+  while group_alive "${pgid}" && ((waited < ${STOP_GRACE:-120} * 10)); do
     sleep 0.1
     waited=$((waited + 1))
   done
-  if kill -0 -- "-${pgid}" 2>/dev/null; then
-    say "process group ${pgid} still running after ${STOP_GRACE:-30} s: SIGKILL"
+  if group_alive "${pgid}"; then
+    say "process group ${pgid} still running after ${STOP_GRACE:-120} s: SIGKILL"
     kill -KILL -- "-${pgid}" 2>/dev/null || true
   fi
+}
+
+# SIGTERM to process $1, SIGKILL after STOP_GRACE seconds.
+stop_pid() {
+  local pid=$1 waited=0
+  kill -TERM "${pid}" 2>/dev/null || return 0
+  while ps -o stat= -p "${pid}" 2>/dev/null | grep -qv '^Z' && ((waited < ${STOP_GRACE:-120} * 10)); do
+    sleep 0.1
+    waited=$((waited + 1))
+  done
+  kill -KILL "${pid}" 2>/dev/null || true
 }
 
 # Pids that have the libtpu lock file or a TPU device open.
@@ -150,7 +164,10 @@ free_the_tpu() {
     args=$(ps -o args= -p "${pid}" 2>/dev/null) || continue
     if [[ "${owner}" == "$(id -u)" && "${args}" == *aggpose_jax* ]]; then
       say "stopping a leftover aggpose_jax process holding the TPU: pid ${pid} (${args:0:120})"
-      stop_group "$(ps -o pgid= -p "${pid}" | tr -d ' ')"
+      local pgid
+      pgid=$(ps -o pgid= -p "${pid}" | tr -d ' ')
+      # its own process group, unless that is ours: then the process alone
+      if [[ -n "${pgid}" && "${pgid}" != "$(ps -o pgid= -p $$ | tr -d ' ')" ]]; then stop_group "${pgid}"; else stop_pid "${pid}"; fi
     else
       echo "tpu_worker.sh ($(hostname)): the TPU is in use by pid ${pid} (uid ${owner}: ${args:0:120});" \
         "stop it first, or run on another slice" >&2
@@ -159,7 +176,8 @@ free_the_tpu() {
   done
   if [[ -e "${LOCKFILE}" && -z "$(tpu_holders)" ]]; then
     say "removing the stale ${LOCKFILE} (no process has it open)"
-    rm -f "${LOCKFILE}" 2>/dev/null || "${SUDO[@]}" rm -f "${LOCKFILE}"
+    rm -f "${LOCKFILE}" 2>/dev/null || { ((${#SUDO[@]})) && "${SUDO[@]}" rm -f "${LOCKFILE}"; } \
+      || say "could not remove ${LOCKFILE} (another user's?): libtpu may refuse to start"
   fi
 }
 
@@ -196,6 +214,8 @@ step_run() {
   done
   [[ -n "${id}" && -n "${venv}" && -n "${repo}" && -n "${wd}" ]] || die "run: --id, --venv, --repo and --workdir are needed"
   [[ "${id}" =~ ^[A-Za-z0-9_.-]+$ ]] || die "run: bad --id '${id}'"
+  [[ -x "${venv}/bin/python" ]] || die "run: ${venv}/bin/python not found: run the setup step first"
+  [[ -d "${repo}" ]] || die "run: ${repo} not found: run the setup step first"
   STATE=${AGGPOSE_STATE_DIR:-${HOME}/.aggpose-launch}
   LOCKFILE=${LIBTPU_LOCKFILE:-/tmp/libtpu_lockfile}
   mkdir -p "${STATE}"

@@ -706,6 +706,38 @@ def test_worker_run_stops_a_stale_run_and_lock(worker: tuple[list[str], dict[str
     assert not (tmp_path / "started_third").exists() and (tmp_path / "libtpu_lockfile").exists()
 
 
+def test_worker_run_stops_a_leftover_holder(worker: tuple[list[str], dict[str, str]], tmp_path: Path) -> None:
+    """An aggpose_jax process of this user that holds the TPU (here: the lock file) but was not started by this
+    launcher (e.g. by hand) is stopped with SIGTERM before the new run starts."""
+    if shutil.which("lsof") is None:
+        pytest.skip("lsof not installed: the holder of the TPU cannot be seen")
+    cmd, env = worker
+    code = (
+        "import pathlib, signal, sys, time\n"
+        "f = open(sys.argv[1], 'w')\n"
+        "signal.signal(signal.SIGTERM, lambda *a: (pathlib.Path(sys.argv[1] + '.term').write_text(''), sys.exit(0)))\n"
+        "print(flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    lock = tmp_path / "libtpu_lockfile"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(lock), "-m", "aggpose_jax.main"],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline()
+        proc = subprocess.run([*cmd, "--id=H", "--", "h"], env=env, capture_output=True, text=True, timeout=60)
+        assert holder.wait(timeout=10) == 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    assert proc.returncode == 0, proc.stderr
+    assert f"stopping a leftover aggpose_jax process holding the TPU: pid {holder.pid}" in proc.stderr
+    assert (tmp_path / "libtpu_lockfile.term").exists() and (tmp_path / "started_h").exists()
+    assert not lock.exists()  # no longer held: removed
+
+
 def test_worker_workdir_on_a_root_owned_share(worker: tuple[list[str], dict[str, str]], tmp_path: Path) -> None:
     """mkdir fails for the ssh user (a fresh NFS share is root-owned, 755): the workdir is made with sudo and
     handed to the user. Stand-ins: `mkdir` fails unless run through the stand-in `sudo`; `chown` records."""
