@@ -24,7 +24,7 @@ run: start `VENV/bin/python -m aggpose_jax.main MAIN_ARGS` in its own session, i
     Filestore/NFS share is); a WORKDIR on a gcsfuse mount is refused (exit 2): gcsfuse cannot rename
     directories on ordinary buckets, and checkpoints and the synthetic data are written by renaming.
 Environment: AGGPOSE_STATE_DIR (default ~/.aggpose-launch), LIBTPU_LOCKFILE (default /tmp/libtpu_lockfile),
-  STOP_GRACE, APT_RETRIES (default 30, 10 s apart), AGGPOSE_SUDO (replaces `sudo -n`).
+  STOP_GRACE, APT_RETRIES (default 30) and APT_RETRY_SECS (default 10), AGGPOSE_SUDO (replaces `sudo -n`).
 EOF
 }
 
@@ -49,8 +49,8 @@ apt_get() {
   for ((try = 1; ; try++)); do
     if "${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=600 -qq "$@"; then return 0; fi
     ((try < ${APT_RETRIES:-30})) || return 1
-    say "apt-get $1 failed (apt lock held?), retrying in 10 s (${try}/${APT_RETRIES:-30})"
-    sleep 10
+    say "apt-get $1 failed (apt lock held?), retrying in ${APT_RETRY_SECS:-10} s (${try}/${APT_RETRIES:-30})"
+    sleep "${APT_RETRY_SECS:-10}"
   done
 }
 
@@ -84,10 +84,12 @@ step_setup() {
         | "${SUDO[@]}" tee /usr/share/keyrings/cloud.google.asc >/dev/null
       apt_get update && apt_get install -y gcsfuse
     fi
-    "${SUDO[@]}" mkdir -p "${bucket_mount}"
-    "${SUDO[@]}" chown "$(id -u):$(id -g)" "${bucket_mount}"
     # Read-only: the data. Checkpoints and the rest of the workdir need directory renames.
-    mountpoint -q "${bucket_mount}" || gcsfuse -o ro --implicit-dirs "${bucket}" "${bucket_mount}"
+    if ! mountpoint -q "${bucket_mount}"; then
+      "${SUDO[@]}" mkdir -p "${bucket_mount}"
+      "${SUDO[@]}" chown "$(id -u):$(id -g)" "${bucket_mount}"
+      gcsfuse -o ro --implicit-dirs "${bucket}" "${bucket_mount}"
+    fi
   fi
   local src=${repo}
   if [[ -n "${archive}" ]]; then

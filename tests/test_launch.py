@@ -773,6 +773,76 @@ def test_worker_refuses_a_workdir_on_gcsfuse(worker: tuple[list[str], dict[str, 
     assert not (tmp_path / "started_g").exists()
 
 
+def test_worker_setup(tmp_path: Path) -> None:
+    """setup with stand-ins for the system tools: apt-get is retried while the apt lock is held (a fresh VM),
+    NFS is mounted read-write, the bucket read-only, the checkout unpacked, and the environment made with uv
+    for Python 3.11 (the images' system Python is 3.10)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "record"
+    tools = {
+        "sudo": 'echo "sudo $*" >> "$RECORD"; exec "$@"',
+        # the first two calls fail as they do while unattended upgrades hold the lock
+        "apt-get": 'n=$(cat "$RECORD.apt" 2>/dev/null || echo 0); echo $((n + 1)) > "$RECORD.apt"\n'
+        'echo "apt-get $*" >> "$RECORD"; [ "$n" -ge 2 ]',
+        "mountpoint": "exit 1",
+        "mount": 'echo "mount $*" >> "$RECORD"',
+        "chown": 'echo "chown $*" >> "$RECORD"',
+        "gcsfuse": 'echo "gcsfuse $*" >> "$RECORD"',
+        "uv": 'echo "uv $*" >> "$RECORD"\n'
+        'if [ "$1" = venv ]; then d=${!#}; mkdir -p "$d/bin"; '
+        'printf \'#!/bin/sh\\necho python "$@"\\n\' > "$d/bin/python"; chmod +x "$d/bin/python"; fi',
+    }
+    for name, body in tools.items():
+        (bin_dir / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    home = tmp_path / "home"
+    home.mkdir()
+    subprocess.run(
+        ["tar", "-czf", str(home / "src.tar.gz"), "-C", str(REPO), "launch/README.md"], check=True, timeout=30
+    )
+    env = script_env(
+        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        HOME=str(home),
+        RECORD=str(record),
+        AGGPOSE_SUDO=str(bin_dir / "sudo"),
+        APT_RETRY_SECS="0",
+    )
+    setup = [
+        "bash",
+        str(LAUNCH / "tpu_worker.sh"),
+        "setup",
+        "--venv=aggpose-venv",
+        "--python-version=3.11",
+        "--repo=aggpose-jax",
+        "--archive=src.tar.gz",
+        "--nfs=10.0.0.2:/share",
+        f"--mount={tmp_path / 'shared'}",
+        "--bucket=my-data",
+        f"--bucket-mount={tmp_path / 'gcs'}",
+    ]
+    proc = subprocess.run(setup, env=env, cwd=home, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("failed (apt lock held?), retrying") == 2
+    lines = record.read_text().splitlines()
+    apt = [line for line in lines if line.startswith("apt-get")]
+    assert apt == ["apt-get -o DPkg::Lock::Timeout=600 -qq update"] * 3 + [
+        "apt-get -o DPkg::Lock::Timeout=600 -qq install -y nfs-common"
+    ]
+    assert f"mount -t nfs -o hard,timeo=600 10.0.0.2:/share {tmp_path / 'shared'}" in lines
+    assert f"gcsfuse -o ro --implicit-dirs my-data {tmp_path / 'gcs'}" in lines
+    assert (home / "aggpose-jax" / "launch" / "README.md").is_file()
+    venv = home / "aggpose-venv"
+    assert f"uv venv -q --python 3.11 {venv}" in lines
+    (install,) = [line for line in lines if line.startswith("uv pip install")]
+    assert install.startswith(f"uv pip install -q --python {venv}/bin/python -U jax[tpu] {home / 'aggpose-jax'} ")
+    assert proc.stdout.startswith("python -c import aggpose_jax")  # the new environment imports the package
+    # again (gcloud re-runs a command whose connection dropped): the environment is kept
+    proc = subprocess.run(setup, env=env, cwd=home, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert record.read_text().count("uv venv") == 1
+
+
 # ---- slurm_multigpu.sh --------------------------------------------------------------------------------------
 
 
