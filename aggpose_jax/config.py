@@ -1,27 +1,43 @@
-"""The training/evaluation configuration (ml_collections): defaults, validation, model config.
+"""The training/evaluation configuration: ml_collections defaults for users, one typed run config for the code.
 
-``configs/*.py`` start from ``base_config()`` and change what their recipe needs. Sections:
-``model`` (variant name + overrides), ``data`` (see ``aggpose_jax.data.pipeline``), ``optim``,
-``train``, ``eval``, ``init``; top level ``seed``, ``init_checkpoint`` and ``freeze``.
+``configs/*.py`` start from ``base_config()`` and change what their recipe needs (``--config.x=y`` on the
+command line). Sections: ``model`` (variant name + overrides), ``data`` (see ``aggpose_jax.data.pipeline``),
+``optim``, ``train``, ``eval``, ``init``; top level ``seed``, ``init_checkpoint`` and ``freeze``.
+
+``validate`` is the one place that reads the ``ConfigDict``: it checks every value once and returns a
+frozen :class:`RunConfig` carrying every derived value (the ``ModelConfig`` with its kernels resolved for
+the devices the step runs on, the global and per-process batches, the synthetic data root, the
+evaluation ground truth, ...). Everything below takes the ``RunConfig``; nothing re-derives, re-checks
+or changes it. ``RunConfig.record()`` is the JSON written to ``<workdir>/config.json``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.util
+import json
 import os
 import re
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import ml_collections
 
+from aggpose_jax.data.pipeline import BatchSplit
+from aggpose_jax.data.transforms import AugmentConfig
+from aggpose_jax.models import cpu_kernels
+from aggpose_jax.models.aggpose import VARIANTS, ModelConfig, ModelConfigError, get_model_config
 from aggpose_jax.pose.geometry import CONVENTIONS
-from aggpose_jax.train.optimizer import DECAY_MASKS, SCHEDULES
+from aggpose_jax.pose.keypoints import KeypointSet, get_keypoint_set
 
 DATA_SOURCES = ("coco_json", "tfds")
 DECODERS = ("dark", "argmax")
 MODES = ("train", "eval", "train_and_eval")
+DECAY_MASKS = ("kernels", "all", "none")  # train/optimizer.py builds them
+SCHEDULES = ("multistep", "cosine", "constant")
+SYNTHETIC_DIR = "synthetic"  # data.root='' : <workdir>/synthetic
 # ModelConfig fields set from another section of the config; the rest are model.<field>.
 _MODEL_FIELD_KEYS = {"num_joints": "data.keypoints", "image_size": "data.image_size"}
 
@@ -81,18 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
         num_workers=0,
         prefetch=2,
         affine_convention="aggpose",
-        aug=dict(
-            scale_factor=0.35,
-            rotation_factor=45.0,
-            rotation_prob=0.6,
-            flip=True,
-            half_body_prob=0.3,
-            color_jitter_prob=0.5,
-            brightness=0.3,
-            contrast=0.3,
-            saturation=0.3,
-            hue=0.1,
-        ),
+        aug=dataclasses.asdict(AugmentConfig()),  # the release's values (data/transforms.py owns them)
         synthetic=dict(num_images=500, seed=0, image_size=(480, 640), val_fraction=0.2),
     )
     c.optim = dict(
@@ -167,14 +172,152 @@ def _positive(config: ml_collections.ConfigDict, key: str, allow_zero: bool = Fa
         raise _err(key, "must be a " + ("non-negative" if allow_zero else "positive") + " number", value)
 
 
-def validate(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict | None = None) -> Any:
-    """Check ``config`` once, before anything runs; returns its ``ModelConfig``.
+@dataclasses.dataclass(frozen=True)
+class SyntheticSettings:
+    """``data.synthetic``: the generated set used when ``data.root`` is empty."""
+
+    num_images: int
+    seed: int
+    image_size: tuple[int, int]
+    val_fraction: float
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSettings:
+    """``data``, checked; ``root`` is resolved (``<workdir>/synthetic`` when the config's is empty)."""
+
+    source: str
+    root: str
+    generate_synthetic: bool  # root is <workdir>/synthetic, generated on first use (workdir.prepare_data)
+    tfds_data_dir: str
+    tfds_name: str
+    keypoints: str
+    keypoint_set: KeypointSet
+    image_size: tuple[int, int]
+    heatmap_size: tuple[int, int]
+    sigma: float
+    use_gt_bbox: bool
+    detections_file: str
+    det_score_threshold: float
+    num_workers: int
+    prefetch: int
+    affine_convention: str
+    aug: AugmentConfig
+    synthetic: SyntheticSettings
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSettings:
+    """``optim``, checked (``train/optimizer.py`` builds the optimizer and schedule from it)."""
+
+    name: str
+    lr: float
+    b1: float
+    b2: float
+    eps: float
+    weight_decay: float
+    decay_mask: str
+    schedule: str
+    decay_epochs: tuple[float, ...]
+    decay_factor: float
+    warmup_epochs: float
+    warmup_init_factor: float
+    final_lr_factor: float
+    grad_clip_norm: float
+    grad_accum_steps: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """``train``, checked; ``batch`` is the global batch split over the processes and devices."""
+
+    batch: BatchSplit
+    num_epochs: float
+    num_steps: int
+    log_every_steps: int
+    checkpoint_every_steps: int
+    keep_checkpoints: int
+    async_checkpoints: bool
+    fsdp: bool
+    fsdp_min_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """``eval``, checked; ``ann_file`` and ``image_dir`` are resolved, ``batch`` split over the processes."""
+
+    batch: BatchSplit
+    every_steps: int
+    every_epochs: float
+    flip_test: bool
+    decode: str
+    shift_heatmap: bool
+    oks_nms_thre: float | None  # None: no OKS-NMS (a negative config value)
+    in_vis_thre: float
+    draw_images: int
+    ann_file: str
+    image_dir: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything a run reads, checked and derived once by :func:`validate` (frozen: nothing changes it)."""
+
+    seed: int
+    model_name: str
+    model: ModelConfig  # kernels resolved to 'xla' or 'cpu' for ``platform``
+    data: DataSettings
+    optim: OptimSettings
+    train: TrainSettings
+    eval: EvalSettings
+    mit_checkpoint: str
+    init_checkpoint: str
+    freeze: tuple[str, ...]
+    platform: str  # jax backend of the devices the step runs on
+    process_count: int
+    device_count: int
+    recorded: str = dataclasses.field(repr=False)  # JSON of the config as checked (root resolved)
+
+    def record(self) -> dict[str, Any]:
+        """The config as written to ``<workdir>/config.json`` (the config file's keys, root resolved)."""
+        return json.loads(self.recorded)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSchedule:
+    """Step counts of a run, from its config and the size of its training set (built once by the trainer)."""
+
+    steps_per_epoch: int
+    total_steps: int
+    eval_every: int  # 0: only at the end
+
+    @classmethod
+    def of(cls, run: RunConfig, train_set_size: int) -> TrainSchedule:
+        steps_per_epoch = train_set_size // run.train.batch.global_size
+        if steps_per_epoch < 1:
+            raise ValueError(
+                f"config.train.batch_size: {run.train.batch.global_size} is larger than the training set "
+                f"({train_set_size} people)"
+            )
+        t, ev = run.train, run.eval
+        total = t.num_steps or int(round(t.num_epochs * steps_per_epoch))
+        return cls(steps_per_epoch, total, ev.every_steps or int(round(ev.every_epochs * steps_per_epoch)))
+
+
+def validate(
+    config: ml_collections.ConfigDict,
+    reference: ml_collections.ConfigDict | None = None,
+    *,
+    workdir: str | None = None,
+    devices: Sequence[jax.Device] | None = None,
+) -> RunConfig:
+    """Check ``config`` once, before anything runs, and return its :class:`RunConfig`.
 
     Types against ``reference`` (the config file's own values, when given), then every value, then the
-    architecture. Raises ``ValueError('config.<key>: ...')`` for the first problem.
+    architecture, then the batches against ``devices`` (default: every device of every process; in a
+    multi-process job the distributed runtime must be started first). ``workdir``: where ``data.root=''``
+    puts the synthetic set (required then). Raises ``ValueError('config.<key>: ...')`` for the first problem.
     """
-    from aggpose_jax.pose.keypoints import get_keypoint_set
-
     if reference is not None:
         check_types(config, reference)
 
@@ -183,8 +326,10 @@ def validate(config: ml_collections.ConfigDict, reference: ml_collections.Config
     _choice(config, "optim.decay_mask", DECAY_MASKS)
     _choice(config, "eval.decode", DECODERS)
     _choice(config, "data.affine_convention", CONVENTIONS)
+    if config.optim.name != "adamw":
+        raise _err("optim.name", "only 'adamw' is supported", config.optim.name)
     try:
-        get_keypoint_set(config.data.keypoints)
+        keypoint_set = get_keypoint_set(config.data.keypoints)
     except (KeyError, ValueError) as err:
         raise _err("data.keypoints", str(err).strip("\"'"), config.data.keypoints) from None
     for key in (
@@ -229,17 +374,132 @@ def validate(config: ml_collections.ConfigDict, reference: ml_collections.Config
             re.compile(pattern)
         except (re.error, TypeError) as err:
             raise _err("freeze", f"invalid regex {pattern!r}: {err}", tuple(config.freeze)) from None
-    return model_config(config)
+    platform = _check_kernels(config)
+    model = model_config(config, platform=platform)
+
+    devices = list(devices) if devices is not None else jax.devices()
+    process_count = len({d.process_index for d in devices})
+    device_count = len(devices)
+    train_batch = _split(config, "train.batch_size", process_count, device_count)
+    eval_batch = _split(config, "eval.batch_size", process_count, 1)  # padded to the device count per batch
+
+    d, ev = config.data, config.eval
+    # data.root='': the synthetic set in <workdir>/synthetic (left empty without a workdir: no data read)
+    generate = d.source == "coco_json" and not d.root and workdir is not None
+    root = os.path.join(os.path.abspath(workdir), SYNTHETIC_DIR) if generate else os.fspath(d.root)
+    detections = os.fspath(d.detections_file)
+    if generate and not d.use_gt_bbox and not detections:
+        detections = os.path.join(root, "person_detections_val2017.json")
+    syn = d.synthetic
+    data = DataSettings(
+        source=d.source,
+        root=root,
+        generate_synthetic=generate,
+        tfds_data_dir=os.fspath(d.tfds_data_dir),
+        tfds_name=d.tfds_name,
+        keypoints=keypoint_set.name,
+        keypoint_set=keypoint_set,
+        image_size=(h, w),
+        heatmap_size=(h // 4, w // 4),
+        sigma=float(d.sigma),
+        use_gt_bbox=bool(d.use_gt_bbox),
+        detections_file=detections,
+        det_score_threshold=float(d.det_score_threshold),
+        num_workers=int(d.num_workers),
+        prefetch=int(d.prefetch),
+        affine_convention=d.affine_convention,
+        aug=AugmentConfig.from_config(d.aug),
+        synthetic=SyntheticSettings(
+            int(syn.num_images), int(syn.seed), tuple(int(v) for v in syn.image_size), float(syn.val_fraction)
+        ),
+    )
+    o = config.optim
+    optim = OptimSettings(
+        name=o.name,
+        lr=float(o.lr),
+        b1=float(o.b1),
+        b2=float(o.b2),
+        eps=float(o.eps),
+        weight_decay=float(o.weight_decay),
+        decay_mask=o.decay_mask,
+        schedule=o.schedule,
+        decay_epochs=tuple(float(v) for v in o.decay_epochs),
+        decay_factor=float(o.decay_factor),
+        warmup_epochs=float(o.warmup_epochs),
+        warmup_init_factor=float(o.warmup_init_factor),
+        final_lr_factor=float(o.final_lr_factor),
+        grad_clip_norm=float(o.grad_clip_norm),
+        grad_accum_steps=int(o.grad_accum_steps),
+    )
+    t = config.train
+    train = TrainSettings(
+        batch=train_batch,
+        num_epochs=float(t.num_epochs),
+        num_steps=int(t.num_steps),
+        log_every_steps=int(t.log_every_steps),
+        checkpoint_every_steps=int(t.checkpoint_every_steps),
+        keep_checkpoints=int(t.keep_checkpoints),
+        async_checkpoints=bool(t.async_checkpoints),
+        fsdp=bool(t.fsdp),
+        fsdp_min_size=int(t.fsdp_min_size),
+    )
+    nms = float(ev.oks_nms_thre)
+    evaluation = EvalSettings(
+        batch=eval_batch,
+        every_steps=int(ev.every_steps),
+        every_epochs=float(ev.every_epochs),
+        flip_test=bool(ev.flip_test),
+        decode=ev.decode,
+        shift_heatmap=bool(ev.shift_heatmap),
+        oks_nms_thre=nms if nms >= 0 else None,
+        in_vis_thre=float(ev.in_vis_thre),
+        draw_images=int(ev.draw_images),
+        ann_file=os.fspath(ev.ann_file) or os.path.join(root, "annotations", "person_keypoints_val2017.json"),
+        image_dir=os.fspath(ev.image_dir) or None,
+    )
+    recorded = json.loads(json.dumps(config.to_dict()))
+    recorded["data"]["root"] = root
+    return RunConfig(
+        seed=int(config.seed),
+        model_name=config.model.name,
+        model=model,
+        data=data,
+        optim=optim,
+        train=train,
+        eval=evaluation,
+        mit_checkpoint=os.fspath(config.init.mit_checkpoint),
+        init_checkpoint=os.fspath(config.init_checkpoint),
+        freeze=tuple(config.freeze),
+        platform=platform,
+        process_count=process_count,
+        device_count=device_count,
+        recorded=json.dumps(recorded, sort_keys=True),
+    )
 
 
-def model_config(config: ml_collections.ConfigDict) -> Any:
-    """The ``ModelConfig`` for ``config`` (variant + overrides, joints from the keypoint set)."""
-    from aggpose_jax.models.aggpose import VARIANTS, ModelConfigError, get_model_config
-    from aggpose_jax.pose.keypoints import get_keypoint_set
+def _check_kernels(config: ml_collections.ConfigDict) -> str:
+    """The backend the step runs on, after checking ``model.kernels``."""
+    _choice(config, "model.kernels", cpu_kernels.KERNEL_CHOICES)
+    return jax.default_backend()
 
+
+def _split(config: ml_collections.ConfigDict, key: str, process_count: int, device_count: int) -> BatchSplit:
+    try:
+        return BatchSplit.of(int(_get(config, key)), process_count, jax.process_index(), device_count)
+    except ValueError as err:
+        raise ValueError(f"config.{key}: {err}") from None
+
+
+def model_config(config: ml_collections.ConfigDict, *, platform: str | None = None) -> ModelConfig:
+    """The ``ModelConfig`` of a config (variant + overrides, joints from the keypoint set).
+
+    ``platform``: resolve ``model.kernels='auto'`` for that backend (``validate`` does, for the run's devices);
+    None keeps the configured value (reading a recorded workdir config, whose architecture is what counts).
+    """
     m = config.model
     if m.name not in VARIANTS:
         raise _err("model.name", f"must be one of {sorted(VARIANTS)}", m.name)
+    kernels = m.kernels if platform is None else cpu_kernels.resolve(m.kernels, platform)
     overrides: dict[str, Any] = dict(
         num_joints=get_keypoint_set(config.data.keypoints).num_joints,
         image_size=tuple(int(v) for v in config.data.image_size),
@@ -247,7 +507,7 @@ def model_config(config: ml_collections.ConfigDict) -> Any:
         dtype=m.dtype,
         remat=bool(m.remat),
         unroll_blocks=bool(m.unroll_blocks),
-        kernels=m.kernels,
+        kernels=kernels,
         attention=m.attention,
     )
     for key in ("dims", "heads", "sr_ratios", "stage_depths"):
@@ -348,8 +608,16 @@ def unknown_override(argv: Sequence[str], reference: ml_collections.ConfigDict) 
 
 __all__ = [
     "DATA_SOURCES",
+    "DECAY_MASKS",
     "DECODERS",
     "MODES",
+    "SCHEDULES",
+    "DataSettings",
+    "EvalSettings",
+    "OptimSettings",
+    "RunConfig",
+    "TrainSchedule",
+    "TrainSettings",
     "base_config",
     "check_types",
     "config_path",

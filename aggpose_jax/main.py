@@ -19,6 +19,7 @@ from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
 from aggpose_jax import config as config_lib
+from aggpose_jax.data.cli_errors import EXIT_BAD_INPUT, one_line
 from aggpose_jax.job import JobError, run
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
@@ -29,8 +30,8 @@ _RESTART = flags.DEFINE_bool(
 )
 
 
-def fail(message: str, code: int = 2) -> None:
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
+    print(f"error: {one_line(message)}", file=sys.stderr, flush=True)
     sys.exit(code)
 
 
@@ -63,7 +64,7 @@ def main(argv: Sequence[str]) -> None:
     try:
         run(_CONFIG.value, _WORKDIR.value, _MODE.value, config_lib.load_file(path), _RESTART.value)
     except JobError as err:
-        fail(str(err), err.code)
+        fail(str(err), err.exit_code)
 
 
 def cli() -> None:

@@ -10,8 +10,6 @@ Directory layout::
 
 A checkpoint is written next to its destination under a temporary name and renamed into place only
 once complete, so a failed write never leaves a half-written or destroyed checkpoint behind.
-Heavy imports (jax, flax, orbax, the model) happen inside the functions: importing this module is cheap
-(the PyTorch reader uses its ``CheckpointError``).
 """
 
 from __future__ import annotations
@@ -20,19 +18,20 @@ import json
 import os
 import shutil
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from aggpose_jax.models.aggpose import ModelConfig
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from aggpose_jax.errors import CheckpointError
+from aggpose_jax.models.aggpose import ModelConfig
+from aggpose_jax.params import abstract_params, check_params, count_params, to_pure
 
 META_FILE = "aggpose_model.json"
 PARAMS_DIR = "params"
 FORMAT = "aggpose-jax-model"
 VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A file or directory is not a readable checkpoint (one line, names the file)."""
 
 
 def _is_nonempty(path: str) -> bool:
@@ -45,12 +44,6 @@ def save_model(directory: str | os.PathLike, params: Any, config: ModelConfig, *
     An existing non-empty destination is refused unless ``force``; with ``force`` it is replaced only
     after the new checkpoint is completely written. Returns the absolute directory.
     """
-    import jax
-    import numpy as np
-    import orbax.checkpoint as ocp
-
-    from aggpose_jax.params import check_params, count_params, to_pure
-
     dest = os.path.abspath(os.fspath(directory))
     if _is_nonempty(dest) and not force:
         raise FileExistsError(f"{dest}: destination exists and is not empty; use force=True (--force) to replace it")
@@ -92,8 +85,6 @@ def is_model_dir(path: str | os.PathLike) -> bool:
 
 def load_config(directory: str | os.PathLike) -> ModelConfig:
     """The ``ModelConfig`` stored in a model checkpoint directory."""
-    from aggpose_jax.models.aggpose import ModelConfig
-
     directory = os.path.abspath(os.fspath(directory))
     meta_path = os.path.join(directory, META_FILE)
     if not os.path.isdir(directory):
@@ -122,12 +113,6 @@ def load_model(directory: str | os.PathLike) -> tuple[ModelConfig, dict]:
 
     Host arrays, like ``load_torch_checkpoint``'s: place them with ``jax.device_put`` as needed.
     """
-    import jax
-    import numpy as np
-    import orbax.checkpoint as ocp
-
-    from aggpose_jax.params import abstract_params
-
     config = load_config(directory)
     params_dir = os.path.join(os.path.abspath(os.fspath(directory)), PARAMS_DIR)
     if not os.path.isdir(params_dir):

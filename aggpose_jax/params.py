@@ -1,17 +1,13 @@
-"""Model parameters, the one owner: the abstract tree, initialisation, every checkpoint kind, binding.
+"""Model parameters, the one owner: the abstract tree, initialisation, checks, binding, partial loading.
 
 Parameters are the pure nested dict of ``nnx.state(model, nnx.Param)`` (what optax, Orbax and the
-converter exchange), keyed by module/attribute names (``block1/layers/attn/q/bias``). Readers of the
-checkpoint kinds (``convert`` for PyTorch/safetensors, ``model_dir`` for converted directories,
-``train.checkpoints`` for training workdirs) are imported on use by :func:`read_params`.
+converter exchange), keyed by module/attribute names (``block1/layers/attn/q/bias``). Reading them from
+any checkpoint kind is ``aggpose_jax.model_source``'s.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import logging
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,11 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from aggpose_jax import model_dir
-from aggpose_jax.model_dir import CheckpointError
+from aggpose_jax.errors import CheckpointError
 from aggpose_jax.models.aggpose import AggPose, ModelConfig
-
-log = logging.getLogger(__name__)
 
 # Fields that change the function a model computes; the others (image_size, dtype, drop_path_rate,
 # remat, unroll_blocks, kernels, attention) may differ between a checkpoint and the model loading it.
@@ -133,56 +126,6 @@ def check_architecture(stored: ModelConfig, wanted: ModelConfig, where: str, *, 
         raise CheckpointError(f"{where}: the checkpoint does not match the configured model: {'; '.join(diff)}")
 
 
-def read_params(path: str | os.PathLike, config: ModelConfig | None = None, *, which: str = "latest") -> tuple:
-    """(config, host float32 params) from any checkpoint kind.
-
-    ``path``: a PyTorch ``.pth`` / safetensors file (``config`` checked against the tensors, default
-    inferred), a converted model directory (``config``'s architecture must match the stored one), or a
-    training workdir (its ``which`` = 'latest' or 'best' training checkpoint). With ``config`` given, the
-    returned config is it (so its non-architecture fields such as ``dtype`` apply).
-    """
-    path = os.fspath(path)
-    if os.path.isdir(path) and model_dir.is_model_dir(path):
-        stored, params = model_dir.load_model(path)
-    elif os.path.isdir(path) and os.path.isdir(os.path.join(path, "checkpoints")):
-        stored, params = _read_workdir(path, which)
-    elif os.path.isdir(path):
-        raise CheckpointError(
-            f"{path}: a directory but neither a converted model ({model_dir.META_FILE} is missing) "
-            f"nor a training workdir (checkpoints/ is missing)"
-        )
-    elif not os.path.exists(path):
-        raise CheckpointError(f"{path}: no such file or directory")
-    else:
-        from aggpose_jax.convert import load_torch_checkpoint
-
-        return load_torch_checkpoint(path, config)
-    if config is not None:
-        check_architecture(stored, config, path)
-        stored = config
-    return stored, params
-
-
-def _read_workdir(workdir: str, which: str) -> tuple[ModelConfig, dict]:
-    """(config, params) of a training workdir's latest or best checkpoint; the model from its config.json."""
-    import json
-
-    from ml_collections import ConfigDict
-
-    from aggpose_jax.config import model_config
-    from aggpose_jax.train.checkpoints import restore_params
-
-    config_file = os.path.join(workdir, "config.json")
-    try:
-        with open(config_file, encoding="utf-8") as f:
-            stored = model_config(ConfigDict(json.load(f)))
-    except (OSError, ValueError, KeyError, AttributeError) as err:
-        raise CheckpointError(f"{config_file}: cannot read the run's model config ({err})") from None
-    step, params = restore_params(os.path.join(workdir, "checkpoints"), abstract_params(stored), which=which)
-    log.info("%s: %s training checkpoint, step %d", workdir, which, step)
-    return stored, jax.tree.map(lambda a: np.asarray(a, np.float32), params)
-
-
 def _set_path(tree: dict, path: str, value: Any) -> None:
     *head, last = path.split("/")
     for key in head:
@@ -202,63 +145,3 @@ def load_matching(params: dict, loaded: Mapping) -> list[str]:
             continue
         _set_path(params, path, np.asarray(value, np.float32))
     return fresh
-
-
-def pretrained_params(config: Any, model_cfg: ModelConfig) -> dict:
-    """Training start: random parameters (``config.seed``), then MiT backbone weights
-    (``config.init.mit_checkpoint``), then an AggPose checkpoint (``config.init_checkpoint``) on top.
-
-    A checkpoint with another joint count keeps the configured output layer fresh (fine-tuning
-    COCO -> infant); any other architecture difference is an error. Returns host (numpy) arrays.
-    """
-    params = jax.tree.map(np.asarray, init_params(model_cfg, int(config.seed)))
-    if config.init.mit_checkpoint:
-        from aggpose_jax.convert import import_mit_backbone
-
-        path = os.fspath(config.init.mit_checkpoint)
-        if not os.path.isfile(path):
-            raise ValueError(f"config.init.mit_checkpoint: {path}: no such file")
-        params, report = import_mit_backbone(params, path, model_cfg)
-        log.info("MiT backbone: %s", report.summary())
-    if config.init_checkpoint:
-        path = os.fspath(config.init_checkpoint)
-        stored, loaded = _read_init_checkpoint(path)
-        check_architecture(stored, model_cfg, f"config.init_checkpoint={path}", allow_joints=True)
-        fresh = load_matching(params, loaded)
-        if fresh:
-            log.warning(
-                "init_checkpoint %s: %d parameters kept their fresh initialisation (absent or of another shape): %s",
-                path,
-                len(fresh),
-                ", ".join(fresh[:8]),
-            )
-        else:
-            log.info("init_checkpoint %s: every parameter loaded", path)
-    return jax.tree.map(lambda a: np.asarray(a, np.float32), params)
-
-
-def _read_init_checkpoint(path: str) -> tuple[ModelConfig, dict]:
-    try:
-        return read_params(path)
-    except (ValueError, FileNotFoundError) as err:
-        raise ValueError(f"config.init_checkpoint: {err}") from None
-
-
-def eval_params(config: Any, model_cfg: ModelConfig) -> tuple[ModelConfig, dict]:
-    """``config.init_checkpoint``'s architecture at the configured image size, dtype and kernels, and its params."""
-    path = os.fspath(config.init_checkpoint)
-    stored, params = _read_init_checkpoint(path)
-    if stored.num_joints != model_cfg.num_joints:
-        raise ValueError(
-            f"config.init_checkpoint={path}: the checkpoint predicts {stored.num_joints} joints "
-            f"but data.keypoints={config.data.keypoints!r} has {model_cfg.num_joints}"
-        )
-    cfg = dataclasses.replace(
-        stored,
-        image_size=model_cfg.image_size,
-        dtype=model_cfg.dtype,
-        unroll_blocks=model_cfg.unroll_blocks,
-        kernels=model_cfg.kernels,
-        attention=model_cfg.attention,
-    )
-    return cfg, jax.tree.map(lambda a: np.asarray(a, np.float32), params)

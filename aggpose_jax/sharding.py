@@ -90,17 +90,6 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
     return {k: one(v) for k, v in local_batch.items()}
 
 
-def check_batch_size(global_batch_size: int, mesh: Mesh, field: str = "config.train.batch_size") -> int:
-    """Per-process batch size; raises naming ``field`` unless the batch splits evenly."""
-    ndev, nproc = mesh.devices.size, jax.process_count()
-    if global_batch_size <= 0 or global_batch_size % ndev or global_batch_size % nproc:
-        raise ValueError(
-            f"{field}: the global batch size ({global_batch_size}) must be a positive multiple "
-            f"of the device count ({ndev}) and of the process count ({nproc})"
-        )
-    return global_batch_size // nproc
-
-
 __all__ = [
     "DATA_AXIS",
     "make_mesh",
@@ -110,5 +99,4 @@ __all__ = [
     "state_shardings",
     "host_to_global",
     "global_batch",
-    "check_batch_size",
 ]

@@ -16,9 +16,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ml_collections import ConfigDict
+import jax
 
+from aggpose_jax.config import DataSettings, RunConfig
 from aggpose_jax.data.cli_errors import make_writable_dir
+from aggpose_jax.data.synthetic import generate_synthetic
 from aggpose_jax.distributed import barrier
 from aggpose_jax.logs import log, write_json
 
@@ -31,33 +33,27 @@ def check_writable(workdir: str) -> str:
         raise ValueError(f"--workdir: {os.path.abspath(workdir)} is not writable ({err.strerror or err})") from None
 
 
-def prepare_data(config: ConfigDict, workdir: str) -> None:
-    """``data.root=''``: generate the synthetic set into <workdir>/synthetic once (process 0), then use it."""
-    if config.data.root:
+def prepare_data(data: DataSettings) -> None:
+    """A synthetic run (``data.root=''`` in the config; ``validate`` resolved it to <workdir>/synthetic):
+    generate the set there once (process 0). Changes no setting."""
+    if not data.generate_synthetic:
         return
-    import jax
-
-    root = os.path.join(workdir, "synthetic")
+    root = data.root
     ann = os.path.join(root, "annotations", "person_keypoints_val2017.json")
     if jax.process_index() == 0 and not os.path.isfile(ann):
-        from aggpose_jax.data.synthetic import generate_synthetic
-
-        syn = config.data.synthetic
-        log.info("generating a synthetic %s dataset (%d images) in %s", config.data.keypoints, syn.num_images, root)
+        syn = data.synthetic
+        log.info("generating a synthetic %s dataset (%d images) in %s", data.keypoints, syn.num_images, root)
         tmp = f"{root}.tmp{os.getpid()}"
         generate_synthetic(
             tmp,
-            keypoints=config.data.keypoints,
-            num_images=int(syn.num_images),
-            seed=int(syn.seed),
-            image_size=tuple(syn.image_size),
-            val_fraction=float(syn.val_fraction),
+            keypoints=data.keypoints,
+            num_images=syn.num_images,
+            seed=syn.seed,
+            image_size=syn.image_size,
+            val_fraction=syn.val_fraction,
         )
         os.replace(tmp, root)  # complete or absent: an interrupted run regenerates
     barrier("synthetic_data")  # a coordination barrier: generating may take longer than gloo's 30 s
-    config.data.root = root
-    if not config.data.use_gt_bbox and not config.data.detections_file:
-        config.data.detections_file = os.path.join(root, "person_detections_val2017.json")
 
 
 # ---------------------------------------------------------------------------------------------- resume
@@ -93,14 +89,6 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _as_recorded(config: ConfigDict, workdir: str) -> dict[str, Any]:
-    """``config`` as ``record_config`` would write it (JSON types; the synthetic root resolved)."""
-    data = json.loads(json.dumps(config.to_dict()))
-    if not data["data"]["root"]:
-        data["data"]["root"] = os.path.join(workdir, "synthetic")
-    return data
-
-
 def _matches(key: str, patterns: Sequence[str]) -> bool:
     return any(key == p or key.startswith(p if p.endswith(".") else p + ".") for p in patterns)
 
@@ -127,7 +115,7 @@ def has_state(workdir: str) -> bool:
     return any(n.isdigit() for n in _listing(checkpoints)) or bool(_listing(checkpoints + "_unreadable"))
 
 
-def check_resume(config: ConfigDict, workdir: str, *, restart: bool = False) -> bool:
+def check_resume(run: RunConfig, workdir: str, *, restart: bool = False) -> bool:
     """Whether the workdir's state must be archived first (``restart`` and there is state). Without
     ``restart``, raises ``WorkdirError`` when the config cannot resume the workdir's checkpoints and logs
     the allowed differences. Reads only."""
@@ -149,9 +137,10 @@ def check_resume(config: ConfigDict, workdir: str, *, restart: bool = False) -> 
             old = json.load(f)
     except (OSError, ValueError) as err:
         raise WorkdirError(f"{record}: unreadable ({err}); cannot check that the checkpoints fit this config") from None
-    incompatible, other, safe = compare_configs(old, _as_recorded(config, workdir))
+    new = run.record()
+    incompatible, other, safe = compare_configs(old, new)
     if incompatible:
-        a, b = _flat(old), _flat(_as_recorded(config, workdir))
+        a, b = _flat(old), _flat(new)
         diffs = ", ".join(f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in incompatible[:4])
         more = f" (+{len(incompatible) - 4} more)" if len(incompatible) > 4 else ""
         raise WorkdirError(
@@ -182,15 +171,13 @@ def archive(workdir: str) -> str:
     return dest
 
 
-def record_config(config: ConfigDict, workdir: str) -> None:
+def record_config(run: RunConfig, workdir: str) -> None:
     """Write the run's config to ``workdir/config.json`` (process 0); a different earlier config is kept in
     ``config_history/`` first, never overwritten."""
-    import jax
-
     if jax.process_index() != 0:
         return
     path = os.path.join(workdir, RECORD)
-    new = _as_recorded(config, workdir)
+    new = run.record()
     if os.path.isfile(path):
         try:
             with open(path, encoding="utf-8") as f:
@@ -307,8 +294,6 @@ class WorkdirLock:
             pass
 
     def __enter__(self) -> WorkdirLock:
-        import jax
-
         if jax.process_index() == 0:
             self.acquire()
         return self

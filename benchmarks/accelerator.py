@@ -218,7 +218,7 @@ def jax_train(variant: str, batch: int, dtype: str, s: Settings, **model: Any) -
     import jax
 
     from aggpose_jax import sharding as shd
-    from aggpose_jax.config import model_config
+    from aggpose_jax.config import TrainSchedule, validate
     from aggpose_jax.train.loop import make_sharded_step
     from aggpose_jax.train.step import new_state
     from benchmarks.model import init_params
@@ -226,8 +226,9 @@ def jax_train(variant: str, batch: int, dtype: str, s: Settings, **model: Any) -
     config = _model_config(variant, s, dtype=dtype, **model)
     config.train.batch_size = batch
     mesh = shd.make_mesh(jax.local_devices()[:1])
-    model_cfg = model_config(config)
-    tx, _, _, sharding, step = make_sharded_step(config, model_cfg, mesh, total_steps=1000, steps_per_epoch=100)
+    run = validate(config, devices=mesh.devices.flat)
+    model_cfg = run.model
+    tx, _, _, sharding, step = make_sharded_step(run, mesh, TrainSchedule(100, 1000, 0))
     params = jax.device_put(init_params(model_cfg), sharding["params"])
     state = jax.jit(lambda p: new_state(tx, 0, p), out_shardings=sharding)(params)
     images, targets, weights = _batch(batch, s, model_cfg.num_joints)
@@ -365,7 +366,7 @@ def run_flops_child(args: argparse.Namespace) -> int:
     import jax
 
     from aggpose_jax import sharding as shd
-    from aggpose_jax.config import model_config
+    from aggpose_jax.config import TrainSchedule, model_config, validate
     from aggpose_jax.params import split_model
     from aggpose_jax.train.loop import make_sharded_step
 
@@ -384,9 +385,8 @@ def run_flops_child(args: argparse.Namespace) -> int:
         train = {}
         for batch in (1, 2):
             config.train.batch_size = batch
-            _, _, abstract, sharding, step = make_sharded_step(
-                config, model_cfg, mesh, total_steps=1000, steps_per_epoch=100
-            )
+            run = validate(config, devices=mesh.devices.flat)
+            _, _, abstract, sharding, step = make_sharded_step(run, mesh, TrainSchedule(100, 1000, 0))
             state = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh), abstract, sharding)
             h, w = s.image_size
             j = model_cfg.num_joints

@@ -53,7 +53,7 @@ def measure(variant: str, batch_per_device: int, image_size: tuple[int, int], fs
     import numpy as np
 
     from aggpose_jax import sharding as shd
-    from aggpose_jax.config import base_config, model_config
+    from aggpose_jax.config import TrainSchedule, base_config, validate
     from aggpose_jax.train.loop import make_sharded_step
 
     config = base_config()
@@ -66,10 +66,9 @@ def measure(variant: str, batch_per_device: int, image_size: tuple[int, int], fs
     n = mesh.devices.size
     config.train.batch_size = batch_per_device * n
     config.train.fsdp = fsdp
-    model_cfg = model_config(config)
-    _, _, abstract, state_sharding, step_fn = make_sharded_step(
-        config, model_cfg, mesh, total_steps=1000, steps_per_epoch=100
-    )
+    run = validate(config, devices=mesh.devices.flat)
+    model_cfg = run.model
+    _, _, abstract, state_sharding, step_fn = make_sharded_step(run, mesh, TrainSchedule(100, 1000, 0))
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding)
     h, w = image_size
     joints = model_cfg.num_joints

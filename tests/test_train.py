@@ -305,7 +305,7 @@ def test_pretrained_params_applies_mit_backbone_then_init_checkpoint(tmp_path, m
 
     from torch_writer import write_torch_checkpoint
 
-    from aggpose_jax import params as params_lib
+    from aggpose_jax import model_source
     from aggpose_jax.convert import load_torch_checkpoint, read_state_dict
     from aggpose_jax.convert.mapping import flax_to_torch
     from aggpose_jax.convert.mit import is_backbone_name
@@ -314,19 +314,15 @@ def test_pretrained_params_applies_mit_backbone_then_init_checkpoint(tmp_path, m
     stored, fixture_params = load_torch_checkpoint(fixture)
     # random init replaced by a constant (the initialisers are the model's business, and slow to compile)
     monkeypatch.setattr(
-        params_lib,
+        model_source,
         "init_params",
         lambda cfg, seed: jax.tree.map(lambda s: np.full(s.shape, 3.0, np.float32), split_model(cfg)[1]),
     )
     mit = {k: v + 1.0 for k, v in read_state_dict(fixture).items() if is_backbone_name(k)}
     write_torch_checkpoint(tmp_path / "mit.pth", mit)
-    config = base_config()
-    config.model.name = "aggpose_tiny"
-    config.data.image_size = (64, 64)
-    config.data.heatmap_size = (16, 16)
-    config.init.mit_checkpoint = str(tmp_path / "mit.pth")
+    mit_checkpoint = str(tmp_path / "mit.pth")
 
-    torch_named = flax_to_torch(params_lib.pretrained_params(config, stored), stored)
+    torch_named = flax_to_torch(model_source.pretrained_params(stored, 0, mit_checkpoint=mit_checkpoint), stored)
     assert sum(is_backbone_name(k) for k in torch_named) == len(mit) > 0
     for name, value in torch_named.items():
         if is_backbone_name(name):
@@ -334,7 +330,7 @@ def test_pretrained_params_applies_mit_backbone_then_init_checkpoint(tmp_path, m
         else:
             assert np.all(value == 3.0), name
 
-    config.init_checkpoint = fixture  # applied after the MiT weights: every tensor comes from it
-    params = params_lib.pretrained_params(config, stored)
+    # applied after the MiT weights: every tensor comes from it
+    params = model_source.pretrained_params(stored, 0, mit_checkpoint=mit_checkpoint, init_checkpoint=fixture)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(fixture_params)):
         np.testing.assert_array_equal(a, b)

@@ -15,8 +15,10 @@ from collections.abc import Sequence
 from aggpose_jax.convert.mapping import CheckpointMismatchError, infer_model_config, torch_to_flax
 from aggpose_jax.convert.mit import MitImportReport, import_mit_backbone
 from aggpose_jax.convert.torch_reader import read_state_dict, read_torch_file
-from aggpose_jax.model_dir import CheckpointError, save_model
+from aggpose_jax.errors import CheckpointError
+from aggpose_jax.model_dir import save_model
 from aggpose_jax.models.aggpose import VARIANTS, ModelConfig, get_model_config
+from aggpose_jax.params import init_params
 
 ConfigSpec = ModelConfig | str | os.PathLike | None
 
@@ -114,8 +116,6 @@ def init_from_mit(
     src: str | os.PathLike, dest: str | os.PathLike, config: ConfigSpec, *, seed: int = 0, force: bool = False
 ) -> tuple[ModelConfig, MitImportReport]:
     """Write a model checkpoint: a freshly initialised AggPose (``seed``) with MiT weights in its backbone."""
-    from aggpose_jax.params import init_params
-
     resolved = resolve_config(config)
     if resolved is None:
         raise ValueError("init_from_mit: a model config is required (e.g. aggpose_l for mit_b5)")

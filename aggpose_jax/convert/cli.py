@@ -12,6 +12,17 @@ import math
 import sys
 from collections.abc import Sequence
 
+from aggpose_jax.convert import (
+    CheckpointMismatchError,
+    convert_checkpoint,
+    describe_config,
+    init_from_mit,
+    one_line,
+    resolve_config,
+)
+from aggpose_jax.convert.mapping import expected_torch_shapes
+from aggpose_jax.errors import CheckpointError
+
 
 def _heads(text: str) -> tuple[int, ...]:
     try:
@@ -59,17 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from aggpose_jax.convert import (
-        CheckpointMismatchError,
-        convert_checkpoint,
-        describe_config,
-        init_from_mit,
-        one_line,
-        resolve_config,
-    )
-    from aggpose_jax.convert.mapping import expected_torch_shapes
-    from aggpose_jax.model_dir import CheckpointError
-
     try:
         if args.mit:
             if args.config is None:

@@ -14,7 +14,7 @@ import struct
 
 import numpy as np
 
-from aggpose_jax.model_dir import CheckpointError
+from aggpose_jax.errors import CheckpointError
 
 _DTYPES = {
     "F64": "<f8",

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from aggpose_jax.convert.safetensors_reader import is_safetensors, read_safetensors
-from aggpose_jax.model_dir import CheckpointError
+from aggpose_jax.errors import CheckpointError
 
 # Legacy (torch < 1.6) files start with a protocol-2 pickle of this magic number.
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C

@@ -1,4 +1,10 @@
-"""How the data CLIs end on bad input: one line on stderr and exit code 2, never a traceback.
+"""The command-line layer of every console command: one-line errors, exit codes, the shared model flags.
+
+Exit codes: 0 done, 1 a fault during a run, 2 bad input (a file, flag or config field), 130 Ctrl-C,
+143 SIGTERM. ``one_line`` is the one formatter of an error for the console (``aggpose_jax.errors`` holds
+the error hierarchy and each error's exit code); ``add_model_flags``/``model_flags`` are the
+model-loading flags shared by ``aggpose-predict`` and ``aggpose-export``.
+
 
 ``run_cli(prog, body)`` runs a CLI body and turns ``OSError``/``ValueError`` (bad paths, bad
 files, bad arguments) into ``<prog>: error: <one line>`` with exit code 2, and Ctrl-C or SIGTERM
@@ -8,6 +14,7 @@ blocks clean up). The ``require_*`` checks raise those errors with a message tha
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
@@ -17,7 +24,12 @@ from typing import Any
 
 __all__ = [
     "EXIT_BAD_INPUT",
+    "EXIT_FAULT",
+    "EXIT_INTERRUPTED",
+    "EXIT_TERMINATED",
     "Terminated",
+    "add_model_flags",
+    "model_flags",
     "make_writable_dir",
     "one_line",
     "require_dir",
@@ -27,19 +39,24 @@ __all__ = [
     "run_cli",
 ]
 
+EXIT_FAULT = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
 class Terminated(SystemExit):
     """Raised in the main thread on SIGTERM while a CLI body runs (exit code 143)."""
 
     def __init__(self) -> None:
-        super().__init__(128 + signal.SIGTERM)
+        super().__init__(EXIT_TERMINATED)
 
 
-def one_line(error: BaseException) -> str:
-    """The error's message on one line (an OSError as 'reason: path')."""
-    if isinstance(error, OSError) and error.strerror and error.filename is not None:
+def one_line(error: BaseException | str) -> str:
+    """The error's message (or a message) on one line (an OSError as 'reason: path')."""
+    if isinstance(error, str):
+        msg = error
+    elif isinstance(error, OSError) and error.strerror and error.filename is not None:
         msg = f"{error.strerror}: {os.fspath(error.filename)}"
     else:
         msg = str(error) or type(error).__name__
@@ -130,10 +147,25 @@ def run_cli(prog: str, body: Callable[[], int]) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Terminated as e:
         print(f"{prog}: terminated (SIGTERM)", file=sys.stderr)
         return int(e.code)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def add_model_flags(group: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The model-loading flags of ``aggpose-predict`` and ``aggpose-export`` (read back by :func:`model_flags`)."""
+    group.add_argument("--which", choices=("latest", "best"), default="latest", help="a workdir's checkpoint")
+    group.add_argument("--keypoints", choices=("coco", "infant"), help="keypoint set (default: from the joint count)")
+    group.add_argument(
+        "--input-size", type=int, nargs=2, metavar=("H", "W"), help="model input (default: checkpoint's)"
+    )
+    group.add_argument("--bf16", action="store_true", help="compute in bfloat16")
+
+
+def model_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of ``predict.model.load_model`` from :func:`add_model_flags`' flags."""
+    return {"which": args.which, "keypoints": args.keypoints, "image_size": args.input_size, "bf16": args.bf16}

@@ -61,14 +61,15 @@ from typing import Any
 
 import cv2
 import grain
+from absl import flags
 
+from aggpose_jax.data import sources
 from aggpose_jax.data import transforms as T
+from aggpose_jax.pose.keypoints import get_keypoint_set
 
 
 def _allow_unparsed_absl_flags() -> None:
     """Grain's worker start-up reads absl flags; programs that never parse flags would fail."""
-    from absl import flags
-
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
 
@@ -288,6 +289,33 @@ class LoaderIterator:
         self._it = None  # freed now, not at interpreter shutdown (where Grain's finaliser fails noisily)
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchSplit:
+    """A global batch and this process's share of it: process i reads rows [i * local, (i + 1) * local).
+
+    The one place that turns a global batch size into a per-process one (``config.validate`` builds the
+    run's train and eval splits; loaders read their batch from them).
+    """
+
+    global_size: int
+    process_count: int = 1
+    process_index: int = 0
+
+    @property
+    def local_size(self) -> int:
+        return self.global_size // self.process_count
+
+    @classmethod
+    def of(cls, global_size: int, process_count: int, process_index: int, device_count: int = 1) -> BatchSplit:
+        """Raises ``ValueError`` unless ``global_size`` is a positive multiple of the device and process counts."""
+        if global_size <= 0 or global_size % device_count or global_size % process_count:
+            raise ValueError(
+                f"the global batch size ({global_size}) must be a positive multiple of the device count "
+                f"({device_count}) and of the process count ({process_count})"
+            )
+        return cls(int(global_size), int(process_count), int(process_index))
+
+
 def _section_get(section: Any, key: str, default: Any = None) -> Any:
     if section is None:
         return default
@@ -298,8 +326,6 @@ def _section_get(section: Any, key: str, default: Any = None) -> Any:
 
 def _resolve_keypoint_set(keypoint_set: Any) -> Any:
     if isinstance(keypoint_set, str):
-        from aggpose_jax.pose.keypoints import get_keypoint_set
-
         return get_keypoint_set(keypoint_set)
     return keypoint_set
 
@@ -310,7 +336,8 @@ def make_loader(
     keypoint_set: Any,
     data_config: Any,
     train: bool,
-    batch_size: int,
+    batch_size: int = 0,
+    batch: BatchSplit | None = None,
     seed: int = 0,
     num_epochs: int | None = None,
     shard_index: int | None = None,
@@ -329,6 +356,8 @@ def make_loader(
       train: augmented, shuffled, repeated, full batches (``drop_remainder``); else one pass
         without augmentation, padded batches with ``valid``.
       batch_size: per-process batch size (train: the global batch is ``batch_size * shard_count``).
+      batch: the run's batch split (``RunConfig.train.batch`` / ``.eval.batch``); replaces ``batch_size``,
+        ``shard_index`` and ``shard_count``.
       seed: shuffle and augmentation seed (the same on every process).
       num_epochs: training passes (None = forever); ignored in eval (one pass).
       shard_index, shard_count: default ``jax.process_index()``, ``jax.process_count()``. Train: this
@@ -337,9 +366,12 @@ def make_loader(
       prefetch: batches buffered per worker (or by a background thread when worker_count=0).
       read_threads: Grain read threads per process (0: the process's own thread does the work).
     """
+    if batch is not None:
+        batch_size, shard_index, shard_count = batch.local_size, batch.process_index, batch.process_count
     if batch_size <= 0:
         raise ValueError(f"make_loader: batch_size must be positive, got {batch_size}")
     if shard_index is None or shard_count is None:
+        # jax here only: Grain's worker processes import this module and never need jax (a heavy import)
         import jax
 
         shard_index = jax.process_index() if shard_index is None else shard_index
@@ -367,7 +399,7 @@ def make_loader(
             seed=(seed + 1) % 2**32,
         )
         stream = ds.repeat(num_epochs)
-        global_batch = batch_size * shard_count
+        global_batch = batch.global_size if batch is not None else batch_size * shard_count
         full, rest = divmod(epoch_size, global_batch)
         num_records = full * batch_size + min(batch_size, max(0, rest - shard_index * batch_size))
     else:
@@ -436,8 +468,6 @@ def make_source(data_config: Any, split: str) -> Any:
     ``detections_file`` above ``det_score_threshold``); 'tfds' reads the prepared TFDS dataset
     (``tfds_name``, default 'aggpose_keypoints/<keypoints>', under ``tfds_data_dir``).
     """
-    from aggpose_jax.data import sources
-
     kind = _section_get(data_config, "source", "coco_json")
     keypoints = _section_get(data_config, "keypoints", "coco")
     if kind == "coco_json":

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 __all__ = ["STAT_NAMES", "load_coco_gt", "write_results", "coco_keypoint_eval", "format_table", "save_stats"]
 
@@ -32,8 +34,6 @@ def write_results(results: Sequence[dict[str, Any]], path: str) -> str:
 
 def load_coco_gt(ann_file: str | Any) -> Any:
     """A pycocotools ``COCO`` for ``ann_file`` (quietly); a ``COCO`` object passes through."""
-    from pycocotools.coco import COCO
-
     if not isinstance(ann_file, (str, os.PathLike)):
         return ann_file  # an already loaded COCO object
     if not os.path.isfile(ann_file):
@@ -56,8 +56,6 @@ def coco_keypoint_eval(
     Returns (stats dict keyed by ``STAT_NAMES``, pycocotools' summary text). An empty results
     list gives all zeros and a warning (pycocotools cannot load an empty list).
     """
-    from pycocotools.cocoeval import COCOeval
-
     sigmas = np.asarray(sigmas, dtype=np.float64)
     coco_gt = load_coco_gt(ann_file)
     if len(results) == 0:

@@ -23,11 +23,15 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from aggpose_jax import sharding as shd
+from aggpose_jax.config import RunConfig
+from aggpose_jax.data.pipeline import make_loader, make_source
+from aggpose_jax.evaluate.topdown import evaluate
+from aggpose_jax.heatmaps import jitted
 from aggpose_jax.logs import log, write_json
+from aggpose_jax.model_source import eval_params
 from aggpose_jax.models.aggpose import ModelConfig
-from aggpose_jax.params import merge, split_model
-
-_FORWARD: dict[tuple, Callable] = {}
+from aggpose_jax.params import abstract_params, split_model
+from aggpose_jax.train.checkpoints import restore_params
 
 
 def local_params(params: Any, mesh: jax.sharding.Mesh | None = None) -> tuple[Any, jax.sharding.Mesh]:
@@ -55,73 +59,53 @@ def make_predict_fn(
     params, local_mesh = local_params(params, mesh)
     n_dev = local_mesh.devices.size
     batch_sharding = NamedSharding(local_mesh, P(shd.DATA_AXIS))
-    key = (graphdef, tuple(d.id for d in local_mesh.devices.flat))
-    if key not in _FORWARD:  # compiled once per model and device set (evaluations during training)
-
-        def forward(p: Any, images: jax.Array) -> jax.Array:
-            return merge(graphdef, p, other)(images, deterministic=True)
-
-        _FORWARD[key] = jax.jit(forward, out_shardings=NamedSharding(local_mesh, P()))
-    forward_fn = _FORWARD[key]
+    # compiled once per model and device set (evaluations during training)
+    forward_fn = jitted(graphdef, None, NamedSharding(local_mesh, P()))
 
     def predict(images: np.ndarray) -> jax.Array:
         n = images.shape[0]
         pad = (-n) % n_dev
         if pad:
             images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
-        out = forward_fn(params, jax.device_put(jnp.asarray(images, jnp.float32), batch_sharding))
+        out = forward_fn((params, other), jax.device_put(jnp.asarray(images, jnp.float32), batch_sharding))
         return out[:n] if pad else out
 
     return predict
 
 
-def _ann_file(config: Any) -> str:
-    if config.eval.ann_file:
-        return os.fspath(config.eval.ann_file)
-    return os.path.join(config.data.root, "annotations", "person_keypoints_val2017.json")
-
-
-def val_loader(config: Any) -> Any:
-    from aggpose_jax.data.pipeline import make_loader, make_source
-
-    source = make_source(config.data, "val")
-    per_process = max(1, int(config.eval.batch_size) // jax.process_count())
+def val_loader(run: RunConfig) -> Any:
+    """This process's share of the configured val split (``run.eval.batch``)."""
     return make_loader(
-        source,
-        keypoint_set=config.data.keypoints,
-        data_config=config.data,
+        make_source(run.data, "val"),
+        keypoint_set=run.data.keypoint_set,
+        data_config=run.data,
         train=False,
-        batch_size=per_process,
-        shard_index=jax.process_index(),
-        shard_count=jax.process_count(),
-        worker_count=int(config.data.num_workers),
-        prefetch=int(config.data.prefetch),
+        batch=run.eval.batch,
+        worker_count=run.data.num_workers,
+        prefetch=run.data.prefetch,
     )
 
 
-def run_evaluation(config: Any, predict_fn: Callable[[np.ndarray], Any], out_dir: str) -> dict[str, float]:
+def run_evaluation(run: RunConfig, predict_fn: Callable[[np.ndarray], Any], out_dir: str) -> dict[str, float]:
     """COCO OKS metrics of ``predict_fn`` on the configured val split; writes ``out_dir``/{stats.json,
     keypoints_results.json, predictions.png}."""
-    from aggpose_jax.evaluate.topdown import evaluate
-    from aggpose_jax.pose.keypoints import get_keypoint_set
-
-    nms = float(config.eval.oks_nms_thre)
+    ev, data = run.eval, run.data
     return evaluate(
         predict_fn,
-        val_loader(config),
-        keypoint_set=get_keypoint_set(config.data.keypoints),
-        ann_file=_ann_file(config),
+        val_loader(run),
+        keypoint_set=data.keypoint_set,
+        ann_file=ev.ann_file,
         out_dir=out_dir,
-        flip_test=bool(config.eval.flip_test),
-        decode=config.eval.decode,
-        image_size=tuple(config.data.image_size),
-        heatmap_size=tuple(config.data.heatmap_size),
-        oks_nms_thre=nms if nms >= 0 else None,
-        in_vis_thre=float(config.eval.in_vis_thre),
-        shift_heatmap=bool(config.eval.shift_heatmap),
-        convention=config.data.affine_convention,
-        draw_images=int(config.eval.draw_images),
-        image_dir=config.eval.image_dir or None,
+        flip_test=ev.flip_test,
+        decode=ev.decode,
+        image_size=data.image_size,
+        heatmap_size=data.heatmap_size,
+        oks_nms_thre=ev.oks_nms_thre,
+        in_vis_thre=ev.in_vis_thre,
+        shift_heatmap=ev.shift_heatmap,
+        convention=data.affine_convention,
+        draw_images=ev.draw_images,
+        image_dir=ev.image_dir,
     )
 
 
@@ -152,7 +136,7 @@ def record_metrics(workdir: str, step: int, metrics: dict[str, float], out_dir: 
 
 
 def evaluate_params(
-    config: Any,
+    run: RunConfig,
     model_cfg: ModelConfig,
     params: Any,
     workdir: str,
@@ -165,27 +149,24 @@ def evaluate_params(
     and record the metrics at ``step``."""
     graphdef, _, other = split_model(model_cfg)
     out_dir = os.path.join(workdir, "eval", name or f"step_{step:08d}")
-    metrics = run_evaluation(config, make_predict_fn(graphdef, other, params, mesh), out_dir)
+    metrics = run_evaluation(run, make_predict_fn(graphdef, other, params, mesh), out_dir)
     record_metrics(workdir, step, metrics, out_dir)
     return metrics
 
 
-def evaluate_run(config: Any, model_cfg: ModelConfig, workdir: str) -> dict[str, float]:
-    """``--mode eval``: ``config.init_checkpoint`` if set, else the workdir's latest training checkpoint
+def evaluate_run(run: RunConfig, workdir: str) -> dict[str, float]:
+    """``--mode eval``: ``run.init_checkpoint`` if set, else the workdir's latest training checkpoint
     (its parameters alone: no optimizer, no train data)."""
-    from aggpose_jax.params import abstract_params, eval_params
-    from aggpose_jax.train.checkpoints import restore_params
-
-    if config.init_checkpoint:
-        model_cfg, params = eval_params(config, model_cfg)
-        name = os.path.splitext(os.path.basename(os.path.normpath(config.init_checkpoint)))[0]  # e.g. eval/infant_l
-        return evaluate_params(config, model_cfg, params, workdir, 0, name=name)
+    if run.init_checkpoint:
+        model_cfg, params = eval_params(run)
+        name = os.path.splitext(os.path.basename(os.path.normpath(run.init_checkpoint)))[0]  # e.g. eval/infant_l
+        return evaluate_params(run, model_cfg, params, workdir, 0, name=name)
     directory = os.path.join(workdir, "checkpoints")
     try:
-        step, params = restore_params(directory, abstract_params(model_cfg))
+        step, params = restore_params(directory, abstract_params(run.model))
     except FileNotFoundError:
         raise ValueError(f"config.init_checkpoint: empty and no training checkpoint in {directory}") from None
-    return evaluate_params(config, model_cfg, params, workdir, step)
+    return evaluate_params(run, run.model, params, workdir, step)
 
 
 __all__ = ["evaluate_params", "evaluate_run", "make_predict_fn", "record_metrics", "run_evaluation"]

@@ -26,14 +26,18 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
+from aggpose_jax.distributed import barrier
 from aggpose_jax.evaluate import coco_eval, postprocess
+from aggpose_jax.evaluate.draw import draw_predictions, image_paths_for
 from aggpose_jax.pose import geometry
-from aggpose_jax.pose.codec import decode_heatmaps
+from aggpose_jax.pose.decode import decode_to_image
 from aggpose_jax.pose.flip import flip_average, flip_images
 
-__all__ = ["PersonPredictions", "predict_people", "decode_to_image", "gather_predictions", "evaluate"]
+__all__ = ["PersonPredictions", "predict_people", "gather_predictions", "evaluate"]
 
 log = logging.getLogger(__name__)
 
@@ -53,21 +57,6 @@ class PersonPredictions:
 
     def __len__(self) -> int:
         return int(self.image_ids.shape[0])
-
-
-def decode_to_image(
-    heatmaps: np.ndarray,
-    centers: np.ndarray,
-    scales: np.ndarray,
-    *,
-    decode: str = "dark",
-    convention: geometry.Convention = "aggpose",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Heatmaps (N, h, w, J) of crops -> (keypoints float32 (N, J, 2) in image px, maxvals (N, J))."""
-    coords, maxvals = decode_heatmaps(heatmaps, method=decode)
-    h, w = heatmaps.shape[1:3]
-    pts = geometry.transform_preds(coords, centers, scales, (w, h), convention=convention)
-    return pts.astype(np.float32), maxvals
 
 
 def _batch_field(batch: dict[str, Any], key: str) -> np.ndarray:
@@ -155,8 +144,6 @@ def _default_image_dir(ann_file: str) -> str:
 
 def _allgather_bytes(blob: bytes) -> list[bytes]:
     """Every process's ``blob``, in process order, on every process (a device all-gather of padded bytes)."""
-    from jax.experimental import multihost_utils
-
     data = np.frombuffer(blob, np.uint8)
     sizes = np.asarray(multihost_utils.process_allgather(np.int32(data.size))).reshape(-1)
     padded = np.zeros(int(sizes.max()), np.uint8)
@@ -195,11 +182,7 @@ def _canonical_order(preds: PersonPredictions) -> PersonPredictions:
 
 def gather_predictions(preds: PersonPredictions) -> PersonPredictions:
     """This process's people joined with every other process's (all processes must call it), in canonical order."""
-    import jax
-
     if jax.process_count() > 1:
-        from aggpose_jax.distributed import barrier
-
         barrier("eval_predicted")  # the processes may finish their shards far apart
         parts = [_from_bytes(blob) for blob in _allgather_bytes(_to_bytes(preds))]
         parts = [p for p in parts if len(p)] or parts[:1]
@@ -211,13 +194,9 @@ def gather_predictions(preds: PersonPredictions) -> PersonPredictions:
 
 def _share_stats(stats: dict[str, float] | None) -> dict[str, float]:
     """Process 0's stats on every process (exact: sent as JSON)."""
-    import jax
-
     if jax.process_count() == 1:
         assert stats is not None
         return stats
-    from aggpose_jax.distributed import barrier
-
     barrier("eval_scored")  # process 0 scored and drew meanwhile
     blob = json.dumps(stats).encode() if jax.process_index() == 0 else b""
     return json.loads(_allgather_bytes(blob)[0])
@@ -279,8 +258,6 @@ def evaluate(
             f"evaluate: model predicts {preds.keypoints.shape[1]} joints but keypoint set "
             f"'{getattr(keypoint_set, 'name', '?')}' has {sigmas.shape[0]}"
         )
-    import jax
-
     if jax.process_index() != 0:  # process 0 scores, writes and draws
         return _share_stats(None)
     merged = postprocess.build_results(
@@ -305,8 +282,6 @@ def evaluate(
     coco_eval.save_stats(stats, stats_path)
     if draw_images > 0 and merged:
         try:
-            from aggpose_jax.evaluate.draw import draw_predictions, image_paths_for
-
             paths = image_paths_for(
                 coco_gt, image_dir or _default_image_dir(ann_file), [r["image_id"] for r in merged], limit=draw_images
             )

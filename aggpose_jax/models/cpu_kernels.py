@@ -18,6 +18,15 @@ from flax import nnx
 KERNEL_CHOICES = ("auto", "xla", "cpu")
 
 
+def resolve(kernels: str, platform: str) -> str:
+    """'xla' or 'cpu': the forms ``kernels`` ('auto', 'xla' or 'cpu') selects on ``platform`` (a JAX backend)."""
+    if kernels not in KERNEL_CHOICES:
+        raise ValueError(f"kernels: must be one of {list(KERNEL_CHOICES)}, got {kernels!r}")
+    if kernels == "auto":
+        return "cpu" if platform == "cpu" else "xla"
+    return kernels
+
+
 def enabled(kernels: str) -> bool:
     """Whether ``kernels`` ('auto', 'xla' or 'cpu') selects the CPU forms on the current default backend."""
     if kernels not in KERNEL_CHOICES:

@@ -267,3 +267,20 @@ def get_keypoint_set(name: str | KeypointSet) -> KeypointSet:
     if key not in KEYPOINT_SETS:
         raise ValueError(f"unknown keypoint set {name!r}; known: {', '.join(sorted(KEYPOINT_SETS))}")
     return KEYPOINT_SETS[key]
+
+
+def keypoint_set_for(num_joints: int, name: str | KeypointSet | None = None, *, where: str = "model") -> KeypointSet:
+    """The keypoint set of a model predicting ``num_joints`` joints: ``name`` if given, else the built-in set
+    with that many joints (17: 'coco', 21: 'infant'). ``ValueError`` starting with ``where`` when there is
+    none or the named set has another joint count."""
+    if name is None:
+        matches = [s for s in KEYPOINT_SETS.values() if s.num_joints == num_joints]
+        if not matches:
+            raise ValueError(f"{where}: the model predicts {num_joints} joints; name its keypoint set (--keypoints)")
+        return matches[0]
+    kset = get_keypoint_set(name)
+    if kset.num_joints != num_joints:
+        raise ValueError(
+            f"{where}: the model predicts {num_joints} joints but keypoint set '{kset.name}' has {kset.num_joints}"
+        )
+    return kset

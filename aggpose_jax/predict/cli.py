@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from aggpose_jax.data.cli_errors import one_line
+from aggpose_jax.data.cli_errors import add_model_flags, model_flags, one_line
 from aggpose_jax.predict.outputs import DEFAULT_OUTPUTS, OUTPUT_KINDS
 
 PROG = "aggpose-predict"
@@ -47,10 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (created)")
 
     g = p.add_argument_group("model")
-    g.add_argument("--which", choices=("latest", "best"), default="latest", help="a workdir's checkpoint")
-    g.add_argument("--keypoints", choices=("coco", "infant"), help="keypoint set (default: from the joint count)")
-    g.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="model input (default: checkpoint's)")
-    g.add_argument("--bf16", action="store_true", help="compute in bfloat16")
+    add_model_flags(g)
     g.add_argument("--batch-size", type=int, help="crops per model call (default: 4 on CPU, 16 on GPU/TPU)")
     g.add_argument("--no-flip", dest="flip", action="store_false", help="no flip test")
     g.add_argument("--decode", choices=("dark", "argmax"), default="dark", help="heatmap decoding (default dark)")
@@ -124,10 +121,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     subject = SubjectSettings(min_score=args.min_score, reseed_below=args.reseed_below, passes=args.seed_passes)
     predictor = Predictor.load(
         args.model,
-        which=args.which,
-        bf16=args.bf16,
-        image_size=args.input_size,
-        keypoints=args.keypoints,
+        **model_flags(args),
         flip=args.flip,
         decode=args.decode,
         batch_size=args.batch_size,

@@ -9,13 +9,12 @@
   asynchronous: :meth:`CropEngine.dispatch` returns at once and :meth:`Pending.result` waits, so the host
   can prepare or decode other batches meanwhile.
 * Decode: argmax + DARK (or argmax only) in heatmap pixels, then the inverse crop affine to image pixels
-  (``evaluate.topdown.decode_to_image``). A joint's score is its heatmap maximum.
+  (``pose.decode.decode_to_image``). A joint's score is its heatmap maximum.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -26,9 +25,10 @@ import numpy as np
 from flax import nnx
 
 from aggpose_jax.data.transforms import normalize_image, warp_crop
-from aggpose_jax.evaluate.topdown import decode_to_image
+from aggpose_jax.heatmaps import heatmap_function, jitted
 from aggpose_jax.pose import geometry
 from aggpose_jax.pose.codec import get_max_preds
+from aggpose_jax.pose.decode import decode_to_image
 from aggpose_jax.pose.keypoints import KeypointSet
 
 DECODERS = ("dark", "argmax")
@@ -109,7 +109,7 @@ class CropEngine:
         self.heatmap_size: tuple[int, int] = (self.image_size[0] // 4, self.image_size[1] // 4)
         self.aspect_ratio = self.image_size[1] / self.image_size[0]
         graphdef, self._state = nnx.split(model.model)
-        self._fn = _jitted(graphdef, tuple(int(v) for v in keypoint_set.flip_index) if flip else None)
+        self._fn = jitted(graphdef, tuple(int(v) for v in keypoint_set.flip_index) if flip else None)
         self.calls = 0
         self.crops_run = 0
         self.wait_s = 0.0  # time the host spent blocked on results
@@ -185,32 +185,6 @@ class CropEngine:
     def scores(heatmaps: np.ndarray) -> np.ndarray:
         """Joint scores (n, J) alone (heatmap maxima), without decoding positions."""
         return get_max_preds(heatmaps)[1]
-
-
-@functools.lru_cache(maxsize=8)
-def _jitted(graphdef: nnx.GraphDef, flip_index: tuple[int, ...] | None) -> Any:
-    """One jitted heatmap function per model structure and flip setting in a process, so engines built
-    again for the same architecture (another checkpoint, another call) reuse its compiled code."""
-    return jax.jit(heatmap_function(graphdef, None if flip_index is None else np.asarray(flip_index)))
-
-
-def heatmap_function(graphdef: nnx.GraphDef, flip_index: np.ndarray | None) -> Any:
-    """``f(state, images (B, H, W, 3)) -> float32 heatmaps (B, h, w, J)``, flip test inside when ``flip_index``
-    is given (mirrored crops run in the same batch; their heatmaps are flipped back, channels permuted and
-    averaged with the plain ones). Pure and jit/export-friendly (any batch size)."""
-    index = None if flip_index is None else np.asarray(flip_index, np.int32)
-
-    def forward(state: nnx.State, images: jax.Array) -> jax.Array:
-        model = nnx.merge(graphdef, state)
-        if index is None:
-            return model(images, deterministic=True).astype(jnp.float32)
-        n = images.shape[0]
-        both = jnp.concatenate([images, images[:, :, ::-1, :]], axis=0)
-        hm = model(both, deterministic=True).astype(jnp.float32)
-        back = jnp.take(hm[n:, :, ::-1, :], jnp.asarray(index), axis=-1)
-        return (hm[:n] + back) * 0.5
-
-    return forward
 
 
 __all__ = ["Crops", "CropEngine", "DECODERS", "Pending", "default_batch_size", "heatmap_function"]

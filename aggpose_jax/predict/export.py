@@ -23,7 +23,16 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from aggpose_jax.data.cli_errors import one_line
+import jax
+import numpy as np
+from flax import nnx
+
+from aggpose_jax.data.cli_errors import EXIT_BAD_INPUT, add_model_flags, model_flags, one_line
+from aggpose_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from aggpose_jax.heatmaps import heatmap_function
+from aggpose_jax.predict.model import load_model
+from aggpose_jax.predict.outputs import check_out_dir
+from aggpose_jax.predict.provenance import now, software
 
 ARTIFACT = "heatmaps.jax_exported"
 META = "model.json"
@@ -74,16 +83,6 @@ def export_model(
     platforms = tuple(platforms)
     if kernels is None:
         kernels = "auto" if platforms == ("cpu",) else "xla"
-    import jax
-    import numpy as np
-    from flax import nnx
-
-    from aggpose_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from aggpose_jax.predict.engine import heatmap_function
-    from aggpose_jax.predict.model import load_model
-    from aggpose_jax.predict.outputs import check_out_dir
-    from aggpose_jax.predict.provenance import now, software
-
     loaded = load_model(model_path, which=which, bf16=bf16, image_size=image_size, keypoints=keypoints, kernels=kernels)
     out = check_out_dir(out_dir)
     config, kset = loaded.model.config, loaded.keypoint_set
@@ -136,10 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = _Parser(prog=PROG, description="Export an AggPose checkpoint's crop -> heatmap function with jax.export.")
     p.add_argument("model", help=".pth/safetensors file, converted model folder or training workdir")
     p.add_argument("out", help="output folder (created)")
-    p.add_argument("--which", choices=("latest", "best"), default="latest", help="a workdir's checkpoint")
-    p.add_argument("--keypoints", choices=("coco", "infant"), help="keypoint set (default: from the joint count)")
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="model input (default: checkpoint's)")
-    p.add_argument("--bf16", action="store_true", help="compute in bfloat16")
+    add_model_flags(p)
     p.add_argument("--flip", action="store_true", help="put the flip test inside the function")
     p.add_argument(
         "--platforms", default="cpu,cuda,tpu", help="comma-separated: cpu, cuda, rocm, tpu (default all but rocm)"
@@ -157,17 +153,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta = export_model(
             args.model,
             args.out,
-            which=args.which,
-            bf16=args.bf16,
-            image_size=args.input_size,
-            keypoints=args.keypoints,
+            **model_flags(args),
             flip=args.flip,
             platforms=[s.strip() for s in args.platforms.split(",") if s.strip()],
             kernels=args.kernels,
         )
     except (ValueError, OSError, RuntimeError) as err:
         print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     h, w = meta["input_size"]
     print(f"exported {args.model} -> {os.path.join(args.out, ARTIFACT)} (crops (b, {h}, {w}, 3) -> heatmaps)")
     print(f"call it without aggpose_jax: python {os.path.join(args.out, SCRIPT)}")

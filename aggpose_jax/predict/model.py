@@ -7,43 +7,24 @@ import dataclasses
 import os
 from typing import Any
 
-from aggpose_jax import model_dir
-from aggpose_jax.inference import PoseModel
-from aggpose_jax.model_dir import CheckpointError
-from aggpose_jax.params import bind, read_params
-from aggpose_jax.pose.keypoints import KeypointSet, get_keypoint_set
-from aggpose_jax.predict import provenance
+import jax
 
-_SETS_BY_JOINTS = {17: "coco", 21: "infant"}
+from aggpose_jax.errors import CheckpointError
+from aggpose_jax.heatmaps import HeatmapModel
+from aggpose_jax.model_source import read_model
+from aggpose_jax.models import cpu_kernels
+from aggpose_jax.params import bind
+from aggpose_jax.pose.keypoints import KeypointSet, keypoint_set_for
+from aggpose_jax.predict import provenance
 
 
 @dataclasses.dataclass
 class LoadedModel:
-    """A ``PoseModel`` with its keypoint set and the description recorded in every result file."""
+    """A model with its parameters bound, its keypoint set and the description recorded in every result file."""
 
-    model: PoseModel
+    model: HeatmapModel
     keypoint_set: KeypointSet
     description: dict[str, Any]
-
-
-def checkpoint_kind(path: str) -> str:
-    if os.path.isdir(path) and model_dir.is_model_dir(path):
-        return "model_dir"
-    if os.path.isdir(path) and os.path.isdir(os.path.join(path, "checkpoints")):
-        return "workdir"
-    return "file"
-
-
-def _workdir_step(workdir: str, which: str) -> int | None:
-    """The training step that ``read_params`` reads from a workdir ('latest' or best AP), or None."""
-    import orbax.checkpoint as ocp
-
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-    with ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options) as manager:
-        if which == "best":
-            scored = [(float(m["AP"]), s) for s in manager.all_steps() if (m := manager.metrics(s)) and "AP" in m]
-            return max(scored)[1] if scored else None
-        return manager.latest_step()
 
 
 def load_model(
@@ -65,25 +46,16 @@ def load_model(
     path = os.fspath(path)
     if which not in ("latest", "best"):
         raise ValueError(f"which must be 'latest' or 'best', got {which!r}")
-    kind = checkpoint_kind(path)
-    config, params = read_params(path, which=which)
+    source = read_model(path, which=which)
+    kind, params = source.kind, source.params
     changes: dict[str, Any] = {"drop_path_rate": 0.0}
     if bf16:
         changes["dtype"] = "bfloat16"
     if image_size is not None:
         changes["image_size"] = tuple(int(v) for v in image_size)
-    if kernels is not None:
-        changes["kernels"] = kernels
-    config = dataclasses.replace(config, **changes)
-    name = keypoints or _SETS_BY_JOINTS.get(config.num_joints)
-    if name is None:
-        raise ValueError(f"{path}: the model predicts {config.num_joints} joints; name its keypoint set (--keypoints)")
-    kset = get_keypoint_set(name)
-    if kset.num_joints != config.num_joints:
-        raise ValueError(
-            f"{path}: the model predicts {config.num_joints} joints "
-            f"but keypoint set '{kset.name}' has {kset.num_joints}"
-        )
+    changes["kernels"] = cpu_kernels.resolve(kernels or source.config.kernels, jax.default_backend())
+    config = dataclasses.replace(source.config, **changes)
+    kset = keypoint_set_for(config.num_joints, keypoints, where=path)
     description: dict[str, Any] = {
         "path": os.path.abspath(path),
         "kind": kind,
@@ -92,7 +64,7 @@ def load_model(
         "params_sha256": provenance.params_sha256(params),
     }
     if kind == "workdir":
-        step = _workdir_step(path, which)
+        step = source.step
         description.update(which=which, step=step)
         step_dir = os.path.join(path, "checkpoints", str(step))
         if hash_checkpoint and step is not None and os.path.isdir(step_dir):
@@ -105,7 +77,7 @@ def load_model(
         module = bind(config, params)
     except ValueError as err:
         raise CheckpointError(f"{path}: {err}") from None
-    return LoadedModel(PoseModel(config, module), kset, description)
+    return LoadedModel(HeatmapModel(config, module), kset, description)
 
 
-__all__ = ["LoadedModel", "checkpoint_kind", "load_model"]
+__all__ = ["LoadedModel", "load_model"]

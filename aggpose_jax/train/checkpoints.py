@@ -44,12 +44,9 @@ from etils import epath
 from orbax.checkpoint import checkpoint_managers as ocm
 
 from aggpose_jax.distributed import barrier
+from aggpose_jax.errors import TrainCheckpointError as CheckpointError  # the package's one error hierarchy
 
 log = logging.getLogger(__name__)
-
-
-class CheckpointError(RuntimeError):
-    """Training checkpoints cannot be used or written (one line: the step, the folder and the way on)."""
 
 
 @contextlib.contextmanager

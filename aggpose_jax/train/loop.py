@@ -32,12 +32,16 @@ from typing import Any
 
 import jax
 import numpy as np
+from ml_collections import ConfigDict
 
 from aggpose_jax import sharding as shd
-from aggpose_jax.config import model_config
+from aggpose_jax.config import RunConfig, TrainSchedule, validate
+from aggpose_jax.data.pipeline import make_loader, make_source
 from aggpose_jax.distributed import barrier
+from aggpose_jax.evaluate.job import evaluate_params
 from aggpose_jax.logs import log
-from aggpose_jax.params import pretrained_params, split_model
+from aggpose_jax.model_source import run_params
+from aggpose_jax.params import split_model
 from aggpose_jax.train.checkpoints import TrainCheckpointer
 from aggpose_jax.train.optimizer import make_optimizer
 from aggpose_jax.train.progress import Progress
@@ -90,49 +94,44 @@ class FitResult:
 
 
 def make_sharded_step(
-    config: Any, model_cfg: Any, mesh: jax.sharding.Mesh, *, total_steps: int, steps_per_epoch: int
+    run: RunConfig, mesh: jax.sharding.Mesh, schedule: TrainSchedule
 ) -> tuple[Any, Callable, Any, Any, Callable]:
-    """(optimizer, schedule, abstract state, state shardings, jitted step) for ``config`` on ``mesh``.
+    """(optimizer, schedule, abstract state, state shardings, jitted step) for ``run`` on ``mesh``.
 
     The step is ``jax.jit(step, in_shardings=(state, batch over 'data'), out_shardings=(state, replicated),
-    donate_argnums=0)``; ``config.train.fsdp`` shards parameters and optimizer state over 'data'. Cached per
+    donate_argnums=0)``; ``run.train.fsdp`` shards parameters and optimizer state over 'data'. Cached per
     configuration and device set in this process (resume, tests).
     """
-    t = config.train
-    key = (
-        model_cfg,
-        config.optim.to_json(),
-        tuple(config.freeze),
-        int(total_steps),
-        int(steps_per_epoch),
-        tuple(d.id for d in mesh.devices.flat),
-        bool(t.fsdp),
-        int(t.fsdp_min_size),
-    )
+    t = run.train
+    key = (run.model, run.optim, run.freeze, run.seed, schedule, tuple(d.id for d in mesh.devices.flat), t.fsdp,
+           t.fsdp_min_size)  # fmt: skip
     if key not in _COMPILED:
-        graphdef, abstract_params, other = split_model(model_cfg, int(config.seed))
-        accum = int(config.optim.grad_accum_steps)
-        tx, schedule = make_optimizer(
-            config.optim,
+        graphdef, abstract_params, other = split_model(run.model, run.seed)
+        accum = run.optim.grad_accum_steps
+        tx, lr_schedule = make_optimizer(
+            run.optim,
             abstract_params,
-            total_updates=int(total_steps) // accum,
-            updates_per_epoch=steps_per_epoch / accum,
-            freeze=tuple(config.freeze),
+            total_updates=schedule.total_steps // accum,
+            updates_per_epoch=schedule.steps_per_epoch / accum,
+            freeze=run.freeze,
         )
         abstract = jax.eval_shape(functools.partial(new_state, tx, 0), abstract_params)
-        state_sharding = shd.state_shardings(abstract, mesh, fsdp=bool(t.fsdp), min_size=int(t.fsdp_min_size))
+        state_sharding = shd.state_shardings(abstract, mesh, fsdp=t.fsdp, min_size=t.fsdp_min_size)
         step_fn = jax.jit(
             make_train_step(graphdef, other, tx),
             in_shardings=(state_sharding, shd.batch_sharding(mesh)),
             out_shardings=(state_sharding, shd.replicated(mesh)),
             donate_argnums=0,
         )
-        _COMPILED[key] = (tx, schedule, abstract, state_sharding, step_fn)
+        _COMPILED[key] = (tx, lr_schedule, abstract, state_sharding, step_fn)
     return _COMPILED[key]
 
 
 class Trainer:
-    """Builds the model, optimizer, loaders and checkpoint manager for a validated ``config``; ``fit()`` trains.
+    """Builds the model, optimizer, loaders and checkpoint manager for a run; ``fit()`` trains.
+
+    ``config``: the run's ``RunConfig`` (``config.validate``); a ``ConfigDict`` is validated here, once, for
+    ``workdir`` and this process's devices.
 
     ``batch_callback(step, local_batch)`` (tests, debugging) sees every batch before its step (``step``
     = steps done so far) and may return a replacement batch.
@@ -140,48 +139,44 @@ class Trainer:
 
     def __init__(
         self,
-        config: Any,
+        config: RunConfig | ConfigDict,
         workdir: str,
         *,
         mesh: jax.sharding.Mesh | None = None,
         batch_callback: Callable[[int, dict], dict | None] | None = None,
     ):
-        from aggpose_jax.data.pipeline import make_loader, make_source
-
-        self.config, self.workdir = config, os.path.abspath(workdir)
-        self.model_cfg = model_config(config)
+        self.workdir = os.path.abspath(workdir)
         self.mesh = mesh or shd.make_mesh()
-        self.global_batch = int(config.train.batch_size)
-        self.local_batch = shd.check_batch_size(self.global_batch, self.mesh)
+        run = (
+            config
+            if isinstance(config, RunConfig)
+            else validate(config, workdir=workdir, devices=self.mesh.devices.flat)
+        )
+        self.config = self.run = run
+        self.model_cfg = run.model
+        self.global_batch = run.train.batch.global_size
         self.batch_callback = batch_callback
-        self.train_source = make_source(config.data, "train")
+        self.train_source = make_source(run.data, "train")
         self.loader = make_loader(
             self.train_source,
-            keypoint_set=config.data.keypoints,
-            data_config=config.data,
+            keypoint_set=run.data.keypoint_set,
+            data_config=run.data,
             train=True,
-            batch_size=self.local_batch,
-            seed=int(config.seed),
+            batch=run.train.batch,
+            seed=run.seed,
             num_epochs=None,
-            shard_index=jax.process_index(),
-            shard_count=jax.process_count(),
-            worker_count=int(config.data.num_workers),
-            prefetch=int(config.data.prefetch),
+            worker_count=run.data.num_workers,
+            prefetch=run.data.prefetch,
         )
-        self.steps_per_epoch = len(self.train_source) // self.global_batch
-        if self.steps_per_epoch < 1:
-            raise ValueError(
-                f"config.train.batch_size: {self.global_batch} is larger than the training set "
-                f"({len(self.train_source)} people)"
-            )
-        t = config.train
-        self.total_steps = int(t.num_steps) or int(round(float(t.num_epochs) * self.steps_per_epoch))
-        ev = config.eval
-        self.eval_every = int(ev.every_steps) or int(round(float(ev.every_epochs) * self.steps_per_epoch))
-        self.accum = int(config.optim.grad_accum_steps)
-        self.graphdef, _, self.other = split_model(self.model_cfg, int(config.seed))
+        self.plan = TrainSchedule.of(run, len(self.train_source))
+        self.steps_per_epoch, self.total_steps, self.eval_every = (
+            self.plan.steps_per_epoch,
+            self.plan.total_steps,
+            self.plan.eval_every,
+        )
+        self.accum = run.optim.grad_accum_steps
         self.tx, self.schedule, abstract, self.state_sharding, self.step_fn = make_sharded_step(
-            config, self.model_cfg, self.mesh, total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch
+            run, self.mesh, self.plan
         )
         self.abstract_state = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, self.state_sharding
@@ -189,27 +184,25 @@ class Trainer:
         _save_small_arrays_from_one_replica()
         self.checkpointer = TrainCheckpointer(
             os.path.join(self.workdir, "checkpoints"),
-            keep=int(t.keep_checkpoints),
-            async_save=bool(t.async_checkpoints),
+            keep=run.train.keep_checkpoints,
+            async_save=run.train.async_checkpoints,
         )
         self._stop_signal: int | None = None
         self._notifier = False
 
     def initial_state(self) -> dict:
         """Fresh state: random / MiT / checkpoint parameters per the config, placed on the mesh."""
-        params = shd.host_to_global(pretrained_params(self.config, self.model_cfg), self.state_sharding["params"])
-        init = functools.partial(new_state, self.tx, int(self.config.seed))
+        params = shd.host_to_global(run_params(self.run), self.state_sharding["params"])
+        init = functools.partial(new_state, self.tx, self.run.seed)
         return jax.jit(init, out_shardings=self.state_sharding)(params)
 
     def restore_or_init(self, iterator: Any) -> dict:
         restored = self.checkpointer.restore_latest(self.abstract_state, iterator)
         if restored is None:
             return self.initial_state()
-        step, state = restored
-        log.info("resumed from %s at step %d", self.checkpointer.directory, step)
-        if getattr(self.checkpointer, "data_position", None):
-            log.info("%s", self.checkpointer.data_position)
-        return state
+        log.info("resumed from %s at step %d", self.checkpointer.directory, restored.step)
+        log.info("%s", restored.data_position)
+        return restored.state
 
     def learning_rate(self, step: int) -> float:
         return float(self.schedule(step // self.accum))
@@ -281,9 +274,7 @@ class Trainer:
         return compiled
 
     def evaluate(self, state: dict, step: int) -> dict[str, float]:
-        from aggpose_jax.evaluate.job import evaluate_params
-
-        return evaluate_params(self.config, self.model_cfg, state["params"], self.workdir, step, mesh=self.mesh)
+        return evaluate_params(self.run, self.model_cfg, state["params"], self.workdir, step, mesh=self.mesh)
 
     def fit(self, *, evaluate: bool = True) -> FitResult:
         """Train to ``total_steps``, resuming from the workdir's latest checkpoint if there is one (else
@@ -299,7 +290,7 @@ class Trainer:
         last_metrics: dict[str, float] | None = None
         log.info(
             "training %s: %d steps (%d per epoch), global batch %d on %d devices in %d process(es)%s, from step %d",
-            self.config.model.name,
+            self.run.model_name,
             self.total_steps,
             self.steps_per_epoch,
             self.global_batch,
@@ -324,7 +315,14 @@ class Trainer:
                         self.checkpointer.directory,
                     )
                     return FitResult(step, True, last_metrics)
-                batch = next(iterator)
+                try:
+                    batch = next(iterator)
+                except Exception:
+                    if self._stop_signal is None or jax.process_count() > 1:
+                        raise
+                    # An input worker that took the stop signal itself (the workers leave stopping to this
+                    # process, see data/pipeline.py): stop as asked, at the last step done.
+                    continue
                 if self.batch_callback is not None:
                     batch = self.batch_callback(step, batch) or batch
                 batch = shd.global_batch(batch, self.mesh)

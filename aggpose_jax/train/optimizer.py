@@ -15,10 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from aggpose_jax.config import DECAY_MASKS, SCHEDULES
 from aggpose_jax.params import path_name
-
-DECAY_MASKS = ("kernels", "all", "none")
-SCHEDULES = ("multistep", "cosine", "constant")
 
 
 def decay_mask(params: Any, mode: str = "kernels") -> Any:

@@ -1,0 +1,75 @@
+"""The heatmap runtime, the one owner: a model's jitted forward (with the flip test inside when asked) for
+evaluation, inference, prediction and export, and :class:`HeatmapModel`, a model with its parameters bound.
+
+Decoding heatmaps to image coordinates is ``aggpose_jax.pose.decode``'s.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from aggpose_jax.models.aggpose import AggPose, ModelConfig
+from aggpose_jax.params import merge
+
+
+def heatmap_function(graphdef: nnx.GraphDef, flip_index: np.ndarray | None = None) -> Any:
+    """``f(state, images (B, H, W, 3)) -> float32 heatmaps (B, h, w, J)``; ``state``: the ``nnx.State`` of
+    ``nnx.split(model)`` or a (params, other) pair of ``params.split_model``. The flip test runs inside when
+    ``flip_index`` is given (mirrored crops run in the same batch; their heatmaps are flipped back, channels
+    permuted and averaged with the plain ones). Pure and jit/export-friendly (any batch size)."""
+    index = None if flip_index is None else np.asarray(flip_index, np.int32)
+
+    def forward(state: Any, images: jax.Array) -> jax.Array:
+        model = merge(graphdef, *state) if isinstance(state, tuple) else nnx.merge(graphdef, state)
+        if index is None:
+            return model(images, deterministic=True).astype(jnp.float32)
+        n = images.shape[0]
+        both = jnp.concatenate([images, images[:, :, ::-1, :]], axis=0)
+        hm = model(both, deterministic=True).astype(jnp.float32)
+        back = jnp.take(hm[n:, :, ::-1, :], jnp.asarray(index), axis=-1)
+        return (hm[:n] + back) * 0.5
+
+    return forward
+
+
+@functools.lru_cache(maxsize=8)
+def jitted(graphdef: nnx.GraphDef, flip_index: tuple[int, ...] | None = None, out_sharding: Any = None) -> Any:
+    """One jitted :func:`heatmap_function` per model structure, flip setting and output placement in a process,
+    so models built again for the same architecture (another checkpoint, another evaluation) reuse its code."""
+    fn = heatmap_function(graphdef, None if flip_index is None else np.asarray(flip_index))
+    return jax.jit(fn) if out_sharding is None else jax.jit(fn, out_shardings=out_sharding)
+
+
+class HeatmapModel:
+    """A model with its parameters bound: ``.config``, ``.model`` (the ``AggPose`` module), ``.params``,
+    ``heatmaps``."""
+
+    def __init__(self, config: ModelConfig, model: AggPose):
+        self.config = config
+        self.model = model
+
+    @property
+    def params(self) -> nnx.State:
+        return nnx.state(self.model, nnx.Param)
+
+    def heatmaps(self, images: Any) -> jax.Array:
+        """(B, H, W, 3) ImageNet-normalised images (H, W multiples of 32) -> (B, H/4, W/4, J) float32 heatmaps."""
+        images = jnp.asarray(images, jnp.float32)
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"heatmaps: expected images of shape (B, H, W, 3), got {tuple(images.shape)}")
+        graphdef, state = nnx.split(self.model)
+        return jitted(graphdef)(state, images)
+
+    __call__ = heatmaps
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config})"
+
+
+__all__ = ["HeatmapModel", "heatmap_function", "jitted"]

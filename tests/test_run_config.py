@@ -1,0 +1,107 @@
+"""The typed run config: ``config.validate`` builds it once (frozen, every derived value), nothing changes it."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from types import SimpleNamespace
+
+import pytest
+
+from aggpose_jax.config import RunConfig, TrainSchedule, base_config, validate
+from aggpose_jax.data.pipeline import BatchSplit
+from aggpose_jax.errors import AggposeError, CheckpointError, InputError, TrainCheckpointError
+from aggpose_jax.model_source import checkpoint_kind
+from aggpose_jax.models import cpu_kernels
+from aggpose_jax.pose.keypoints import keypoint_set_for
+
+
+def _devices(processes: int, per_process: int) -> list[SimpleNamespace]:
+    return [
+        SimpleNamespace(process_index=p, id=p * per_process + i) for p in range(processes) for i in range(per_process)
+    ]
+
+
+def _config(**changes):
+    c = base_config()
+    c.model.name = "aggpose_tiny"
+    for key, value in changes.items():
+        section, name = key.split("__")
+        c[section][name] = value
+    return c
+
+
+def test_validate_returns_a_frozen_run_config_with_every_derived_value(tmp_path):
+    config = _config(train__batch_size=16, eval__batch_size=8, data__use_gt_bbox=False, eval__oks_nms_thre=-1.0)
+    before = config.to_dict()
+    run = validate(config, workdir=str(tmp_path), devices=_devices(2, 4))
+    assert config.to_dict() == before  # the ConfigDict is not changed
+    assert isinstance(run, RunConfig)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.seed = 1  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.train.batch = None  # type: ignore[misc]
+    assert (run.process_count, run.device_count) == (2, 8)
+    assert run.train.batch.global_size == 16 and run.train.batch.local_size == 8
+    assert run.eval.batch.global_size == 8 and run.eval.batch.local_size == 4  # one rule for both
+    synthetic = os.path.join(str(tmp_path), "synthetic")
+    assert run.data.root == synthetic and run.data.generate_synthetic
+    assert run.data.detections_file == os.path.join(synthetic, "person_detections_val2017.json")
+    assert run.eval.ann_file == os.path.join(synthetic, "annotations", "person_keypoints_val2017.json")
+    assert run.eval.oks_nms_thre is None and run.eval.image_dir is None
+    assert run.data.heatmap_size == (64, 48) and run.data.keypoint_set.num_joints == run.model.num_joints == 17
+    assert run.data.aug.rotation_factor == 45.0  # data/transforms.AugmentConfig's default, the one owner
+    recorded = run.record()
+    assert recorded["data"]["root"] == synthetic
+    assert {k: v for k, v in recorded["train"].items()} == dict(config.train.to_dict())
+
+
+def test_kernels_are_resolved_once_for_the_run_platform():
+    run = validate(_config(model__kernels="auto", train__batch_size=4), devices=_devices(1, 1))
+    assert run.model.kernels == cpu_kernels.resolve("auto", run.platform) in ("cpu", "xla")
+    assert validate(_config(model__kernels="xla", train__batch_size=4), devices=_devices(1, 1)).model.kernels == "xla"
+    assert cpu_kernels.resolve("auto", "cpu") == "cpu" and cpu_kernels.resolve("auto", "tpu") == "xla"
+    assert cpu_kernels.resolve("cpu", "gpu") == "cpu"
+    with pytest.raises(ValueError, match="config.model.kernels: must be one of"):
+        validate(_config(model__kernels="fast"), devices=_devices(1, 1))
+
+
+def test_batch_that_does_not_split_names_the_field():
+    with pytest.raises(ValueError, match=r"config.train.batch_size: .*\(12\).*device count \(8\)"):
+        validate(_config(train__batch_size=12), devices=_devices(2, 4))
+    with pytest.raises(ValueError, match=r"config.eval.batch_size: .*\(3\).*process count \(2\)"):
+        validate(_config(train__batch_size=8, eval__batch_size=3), devices=_devices(2, 4))
+    assert BatchSplit.of(8, 2, 1, 4) == BatchSplit(8, 2, 1)
+
+
+def test_train_schedule_from_the_training_set_size():
+    run = validate(_config(train__batch_size=4, train__num_epochs=2.5, eval__every_epochs=1.0), devices=_devices(1, 1))
+    assert TrainSchedule.of(run, 42) == TrainSchedule(steps_per_epoch=10, total_steps=25, eval_every=10)
+    with pytest.raises(ValueError, match=r"config.train.batch_size: 4 is larger than the training set \(3 people\)"):
+        TrainSchedule.of(run, 3)
+
+
+def test_joint_count_to_keypoint_set_has_one_owner():
+    assert keypoint_set_for(17).name == "coco" and keypoint_set_for(21).name == "infant"
+    assert keypoint_set_for(21, "infant").num_joints == 21
+    with pytest.raises(ValueError, match=r"m\.pth: the model predicts 5 joints; name its keypoint set"):
+        keypoint_set_for(5, where="m.pth")
+    with pytest.raises(ValueError, match="predicts 17 joints but keypoint set 'infant' has 21"):
+        keypoint_set_for(17, "infant")
+
+
+def test_one_error_hierarchy_and_one_checkpoint_kind_dispatch(tmp_path):
+    from aggpose_jax import model_dir
+    from aggpose_jax.train import checkpoints
+
+    assert model_dir.CheckpointError is CheckpointError and checkpoints.CheckpointError is TrainCheckpointError
+    assert issubclass(CheckpointError, InputError) and issubclass(CheckpointError, ValueError)
+    assert InputError.exit_code == 2 and TrainCheckpointError.exit_code == 1
+    assert issubclass(TrainCheckpointError, AggposeError)
+    (tmp_path / "w" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "f.pth").write_bytes(b"")
+    assert checkpoint_kind(tmp_path / "w") == "workdir" and checkpoint_kind(tmp_path / "f.pth") == "file"
+    with pytest.raises(CheckpointError, match="neither a converted model"):
+        checkpoint_kind(tmp_path)
+    with pytest.raises(CheckpointError, match="nowhere: no such file or directory"):
+        checkpoint_kind(tmp_path / "nowhere")
