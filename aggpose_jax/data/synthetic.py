@@ -19,6 +19,7 @@ import argparse
 import colorsys
 import json
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from aggpose_jax.data.cli_errors import require_writable_dir, run_cli
 from aggpose_jax.pose.keypoints import KeypointSet, get_keypoint_set
 
 _SHIFT = 4  # cv2 sub-pixel drawing: coordinates in 1/16 px
@@ -365,10 +367,6 @@ def generate_synthetic(
     exception, KeyboardInterrupt or SystemExit on the way removes the temporary folder.
     Returns a summary: paths, image/person counts per split and visibility counts.
     """
-    import shutil
-
-    from aggpose_jax.data.cli_errors import require_writable_dir
-
     kset = get_keypoint_set(keypoints)
     if kset.name not in _POSES:
         raise ValueError(f"no synthetic figure template for keypoint set {kset.name!r}; known: {sorted(_POSES)}")
@@ -530,8 +528,6 @@ def animate_figure(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from aggpose_jax.data.cli_errors import run_cli
-
     parser = argparse.ArgumentParser(
         prog="aggpose-synthetic", description="Write a synthetic COCO-layout keypoint dataset of stick figures."
     )

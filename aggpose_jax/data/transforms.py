@@ -48,6 +48,7 @@ import grain
 import numpy as np
 
 from aggpose_jax.pose import geometry
+from aggpose_jax.pose.codec import encode_targets
 
 logger = logging.getLogger(__name__)
 
@@ -335,8 +336,6 @@ def make_train_sample(
     ``joints`` (J, 2) and ``visible`` (J,) are in the original image. With ``return_uint8`` the
     un-normalised crop and the heatmap-space joints are returned too (for tests and plots).
     """
-    from aggpose_jax.pose.codec import encode_targets  # codec sits above geometry; import lazily
-
     c = np.array(params.center, dtype=np.float32, copy=True)
     joints = np.asarray(joints, np.float32)[:, :2]
     vis = np.asarray(visible, np.float32)

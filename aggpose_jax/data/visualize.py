@@ -27,6 +27,7 @@ import numpy as np
 from aggpose_jax.data import pipeline
 from aggpose_jax.data.cli_errors import require_dir, require_file, require_writable_file, run_cli
 from aggpose_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from aggpose_jax.pose.keypoints import get_keypoint_set
 
 
 def denormalize(image: np.ndarray) -> np.ndarray:
@@ -128,8 +129,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from aggpose_jax.pose.keypoints import get_keypoint_set
-
     require_dir(args.root, "--root")
     require_file(os.path.join(args.root, "annotations", f"person_keypoints_{args.split}2017.json"), "annotation file")
     require_writable_file(args.out, "--out")
