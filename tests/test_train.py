@@ -235,7 +235,7 @@ for a, b in zip(jax.tree.leaves(jax.device_get(full.state)), jax.tree.leaves(jax
 # that checkpoint must hold exactly the state the interrupted run had at step 3.
 from aggpose_jax.train.checkpoints import TrainCheckpointer
 ckpt = TrainCheckpointer(os.path.join(tmp, 'full', 'checkpoints'), keep=10)
-saved = ckpt.restore(3, full.abstract_state, iter(full.loader))
+saved = ckpt.restore(3, full.abstract_state, iter(full.loader)).state
 ckpt.close()
 for a, b in zip(jax.tree.leaves(jax.device_get(saved)), jax.tree.leaves(jax.device_get(first.state))):
     np.testing.assert_array_equal(a, b)
@@ -257,7 +257,8 @@ try:
 except NonFiniteLossError as err:
     print('MESSAGE', err)
 assert trainer.checkpointer.all_steps() == [1, 2], trainer.checkpointer.all_steps()
-step, state = trainer.checkpointer.restore_latest(trainer.abstract_state, iter(trainer.loader))
+restored = trainer.checkpointer.restore_latest(trainer.abstract_state, iter(trainer.loader))
+step, state = restored.step, restored.state
 assert step == 2 and all(np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(state['params']))
 trainer.close()
 print('OK')

@@ -60,8 +60,10 @@ def test_round_trip_restores_state_and_iterator_position(tmp_path):
 
     ckpt = TrainCheckpointer(str(tmp_path / "ckpt"), keep=2)
     fresh = _iterator()
-    step, restored = ckpt.restore_latest(_abstract(_state(0)), fresh)
-    assert step == 3
+    result = ckpt.restore_latest(_abstract(_state(0)), fresh)
+    step, restored = result.step, result.state
+    assert step == 3 and result.set_aside == ()
+    assert result.data_position == "data position of step 3: each process's saved iterator state"
     assert _equal(restored, state)
     assert int(restored["step"]) == 5
     for want in expected_next:
@@ -110,10 +112,11 @@ def test_unreadable_latest_is_set_aside_with_one_short_warning(tmp_path, caplog,
     _damage(os.path.join(directory, "2"))
     ckpt = TrainCheckpointer(directory, keep=3)
     with caplog.at_level(logging.WARNING, logger="aggpose_jax"):
-        step, restored = ckpt.restore_latest(_abstract(_state(0)), _iterator())
-    assert step == 1 and _equal(restored, _state(1))
+        result = ckpt.restore_latest(_abstract(_state(0)), _iterator())
+    assert result.step == 1 and _equal(result.state, _state(1))
     assert ckpt.all_steps() == [1]
     (aside,) = os.listdir(directory + "_unreadable")  # renamed, not deleted
+    assert result.set_aside == (os.path.join(directory + "_unreadable", aside),)
     assert aside.startswith("2-") and os.listdir(os.path.join(directory + "_unreadable", aside))
     warnings = [r.getMessage() for r in caplog.records if r.name.startswith("aggpose_jax")]
     assert len(warnings) == 1 and "step 2" in warnings[0] and len(warnings[0]) <= 200, warnings
@@ -173,8 +176,8 @@ def test_a_failed_write_is_one_error_and_keeps_the_previous_checkpoint(tmp_path,
     ckpt.close()
     ckpt = TrainCheckpointer(directory, keep=3)
     assert ckpt.all_steps() == [1]
-    step, restored = ckpt.restore_latest(_abstract(_state(0)), _iterator())
-    assert step == 1 and _equal(restored, _state(1))
+    result = ckpt.restore_latest(_abstract(_state(0)), _iterator())
+    assert result.step == 1 and _equal(result.state, _state(1))
     ckpt.close()
 
 

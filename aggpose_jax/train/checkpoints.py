@@ -19,20 +19,24 @@ images caused on some process are not carried over.
 (readable, but its arrays do not fit the configured state): ``CheckpointError``, nothing is touched.
 Unreadable (truncated or deleted files): the step folder is renamed into ``<directory>_unreadable/``
 (never deleted) with one warning line, and the previous step is tried; when none can be read,
-``CheckpointError``. Orbax/TensorStore error output during restore attempts goes to
-``<workdir>/logs/checkpoint_restore.log``, not the console. A failed save (disk full, permission)
-raises ``CheckpointError`` and leaves the previous checkpoints as they were.
+``CheckpointError``. Orbax/TensorStore error output during restore attempts, and asyncio errors of Orbax's
+background event loops at any time, go to ``<workdir>/logs/checkpoint_restore.log``, not the console
+(``_restore_output``: safe with background threads). A restore returns what happened (``Restored``). A
+failed save (disk full, permission) raises ``CheckpointError`` and leaves the previous checkpoints as they
+were.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gc
 import json
 import logging
 import os
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -40,6 +44,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as ocm
 
@@ -49,24 +54,103 @@ from aggpose_jax.errors import TrainCheckpointError as CheckpointError  # the pa
 log = logging.getLogger(__name__)
 
 
+# ---- the restore's console output ---------------------------------------------------------------------------
+# A failed restore attempt makes Orbax and TensorStore write: C++ log lines on file descriptor 2, absl
+# warnings, and asyncio errors of Orbax's background event loops ("Task exception was never retrieved",
+# "Event loop is closed"), some of them only when a task is garbage-collected, in whatever thread and at
+# whatever time that happens. Swapping ``sys.stderr`` for the log file raced with those threads: under load
+# they wrote to the closed file after the swap ended and printed tracebacks of their own. Now nothing
+# process-wide is swapped in Python: fd 2 is pointed at the log file during the attempts (``os.dup2`` is
+# atomic and fd 2 always names an open file), and the asyncio errors and unraisable-exception reports of
+# those background loops go to the log file at any time, through a logging handler and a filtering
+# ``sys.unraisablehook`` that open the file per record (nothing to be closed under a writing thread).
+
+_REDIRECT_LOCK = threading.Lock()
+
+
+class _BackgroundLog(logging.Handler):
+    """Appends each record to ``path`` (the newest checkpointer's restore log), opening the file per record."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.path: str | None = None
+
+    def write(self, text: str) -> None:
+        path = self.path
+        if path is None:
+            return
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(text if text.endswith("\n") else text + "\n")
+        except OSError:
+            pass  # never back to the console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.write(f"{record.levelname}:{record.name}: {self.format(record)}")
+        except Exception:  # noqa: BLE001 -- a handler must not raise
+            pass
+
+
+_BACKGROUND_LOG = _BackgroundLog()
+_NOISY_FILES = (f"{os.sep}asyncio{os.sep}", f"{os.sep}orbax{os.sep}", "tensorstore")
+
+
+def _from_background_io(unraisable: Any) -> bool:
+    """An unraisable exception of Orbax's asyncio machinery (a coroutine or task collected after its loop closed)."""
+    text = repr(getattr(unraisable, "object", "")) + str(getattr(unraisable, "err_msg", "") or "")
+    if "coroutine" in text or "Task" in text or "asyncio" in text:
+        return True
+    tb = getattr(unraisable, "exc_traceback", None)
+    files = [frame.filename for frame, _ in traceback.walk_tb(tb)] if tb is not None else []
+    return any(noisy in f for f in files for noisy in _NOISY_FILES)
+
+
+def _route_background_output(log_path: str) -> None:
+    """From now on asyncio errors and unraisable reports of Orbax's background loops go to ``log_path``."""
+    _BACKGROUND_LOG.path = log_path
+    asyncio_log = logging.getLogger("asyncio")
+    if _BACKGROUND_LOG not in asyncio_log.handlers:
+        asyncio_log.addHandler(_BACKGROUND_LOG)
+        asyncio_log.propagate = False  # only Orbax's internal event loops run asyncio in this package
+    if getattr(sys.unraisablehook, "_aggpose", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if _BACKGROUND_LOG.path is not None and _from_background_io(unraisable):
+            lines = traceback.format_exception(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)
+            _BACKGROUND_LOG.write(
+                f"{unraisable.err_msg or 'Exception ignored in'}: {unraisable.object!r}\n" + "".join(lines)
+            )
+        else:
+            previous(unraisable)
+
+    hook._aggpose = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 @contextlib.contextmanager
-def _console_to(log_path: str) -> Iterator[Any]:
-    """Send everything written to stderr (Python and C++: asyncio, TensorStore, absl) to ``log_path``;
-    yields the open log file."""
+def _restore_output(log_path: str) -> Iterator[Any]:
+    """File descriptor 2 (C++ TensorStore/absl lines, and Python's stderr where it is fd 2) goes to ``log_path``
+    during the block; yields the log file opened for the caller's own details. ``sys.stderr`` is left alone."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    sys.stderr.flush()
-    saved_fd, saved_stream = os.dup(2), sys.stderr
-    with open(log_path, "a", encoding="utf-8") as sink:
+    with _REDIRECT_LOCK, open(log_path, "a", encoding="utf-8") as sink:
         sink.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} restore (pid {os.getpid()})\n")
         sink.flush()
+        sys.stderr.flush()
+        saved_fd = os.dup(2)
         os.dup2(sink.fileno(), 2)
-        sys.stderr = sink
         try:
             yield sink
         finally:
-            gc.collect()  # unretrieved asyncio task errors are reported when collected: here, into the file
+            gc.collect()  # unretrieved asyncio task errors are reported when collected: now, into the log
             sink.flush()
-            sys.stderr = saved_stream
+            try:
+                sys.stderr.flush()  # Python text buffered meanwhile belongs to the log
+            except (OSError, ValueError):
+                pass
             os.dup2(saved_fd, 2)
             os.close(saved_fd)
 
@@ -91,6 +175,41 @@ class _NoMetricsWarningFilter(logging.Filter):
 logging.getLogger("absl").addFilter(_NoMetricsWarningFilter())
 
 
+# ---- the one workaround around Orbax's defaults ----------------------------------------------------------------
+_REPLICA_SLICE_MIN_BYTES = 256 * 1024
+
+
+@functools.cache
+def _write_small_arrays_from_one_replica() -> None:
+    """Register an ``ArrayHandler`` that splits only replicated arrays of >= 256 KiB between the replicas.
+
+    Why: by default Orbax splits every replicated array into one slice per replica so that the replicas share
+    the writing; each distinct slice shape costs a compiled slice op, ~25 s on the first save of the tiny test
+    model on 8 CPU devices. Large arrays (e.g. AggPose-L's kernels) are still split; smaller ones are written
+    whole by one replica. The handler class and its ``min_slice_bytes_for_replica_parallel`` argument are
+    public (``ocp.type_handlers``; the class is defined in Orbax's private ``_src`` tree, which is not
+    imported here); registering it replaces the handler of ``jax.Array`` for the whole process, for every save.
+    """
+    handler = ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=_REPLICA_SLICE_MIN_BYTES)
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)  # its "overriding jax.Array" warning: intended
+    try:
+        ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+    finally:
+        absl_logging.set_verbosity(level)
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """What a restore did: the step and state resumed from, how the data position was restored (one line),
+    and where unreadable newer checkpoints were set aside (``restore_latest``)."""
+
+    step: int
+    state: Any
+    data_position: str
+    set_aside: tuple[str, ...] = ()
+
+
 class TrainCheckpointer:
     """Save/restore ``(state pytree, data iterator)`` pairs under ``directory``."""
 
@@ -98,6 +217,8 @@ class TrainCheckpointer:
         self.directory = os.path.abspath(directory)
         self.best_metric = best_metric
         self.restore_log = os.path.join(os.path.dirname(self.directory), "logs", "checkpoint_restore.log")
+        _route_background_output(self.restore_log)
+        _write_small_arrays_from_one_replica()
         policy = ocm.AnyPreservationPolicy(
             [
                 ocm.LatestN(n=int(keep)),
@@ -155,21 +276,22 @@ class TrainCheckpointer:
                 f"permissions, then rerun to resume"
             ) from None
 
-    def restore(self, step: int, abstract_state: Any, data_iterator: Any) -> Any:
+    def restore(self, step: int, abstract_state: Any, data_iterator: Any) -> Restored:
         """The state of ``step``; ``data_iterator`` is put at the saved data position (``restore_data_position``)."""
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=DataRestore())
         restored = self.manager.restore(int(step), args=args)
-        self.data_position = restore_data_position(restored.data, data_iterator, int(step))
-        return restored.state
+        position = restore_data_position(restored.data, data_iterator, int(step))
+        return Restored(int(step), restored.state, position)
 
-    def restore_latest(self, abstract_state: Any, data_iterator: Any) -> tuple[int, Any] | None:
-        """(step, state) of the newest readable checkpoint (the iterator is restored in place); None when
-        there is none. See the module docstring for unreadable and incompatible checkpoints."""
+    def restore_latest(self, abstract_state: Any, data_iterator: Any) -> Restored | None:
+        """The newest readable checkpoint (the iterator is restored in place); None when there is none. See the
+        module docstring for unreadable and incompatible checkpoints."""
         self.manager.wait_until_finished()
         steps = sorted(self.manager.all_steps(), reverse=True)
+        set_aside: list[str] = []
         for step in steps:
             problem = None
-            with _console_to(self.restore_log) as details:
+            with _restore_output(self.restore_log) as details:
                 try:
                     with ocp.StandardCheckpointer() as reader:
                         stored = reader.metadata(os.path.join(self.directory, str(step), "state"))
@@ -187,11 +309,13 @@ class TrainCheckpointer:
                     )
                 if problem is None:
                     try:
-                        return step, self.restore(step, abstract_state, data_iterator)
+                        restored = self.restore(step, abstract_state, data_iterator)
+                        return dataclasses.replace(restored, set_aside=tuple(set_aside))
                     except Exception as err:  # noqa: BLE001
                         problem = err
                 traceback.print_exception(problem, file=details)
             moved = self._move_aside(step)
+            set_aside.append(moved)
             log.warning(_one_line(f"checkpoint step {step} is unreadable ({type(problem).__name__}); set aside as "
                                   f"{moved}; details in {self.restore_log}"))  # fmt: skip
         if steps:
@@ -349,6 +473,7 @@ def _one_line(text: str, limit: int = 200) -> str:
 
 __all__ = [
     "CheckpointError",
+    "Restored",
     "DataHandler",
     "DataRestore",
     "DataSave",

@@ -47,27 +47,6 @@ from aggpose_jax.train.optimizer import make_optimizer
 from aggpose_jax.train.progress import Progress
 from aggpose_jax.train.step import make_train_step, new_state
 
-_REPLICA_SLICE_MIN_BYTES = 256 * 1024
-
-
-@functools.cache
-def _save_small_arrays_from_one_replica() -> None:
-    """Orbax splits every replicated array into one slice per replica so that the replicas share the writing;
-    each distinct slice shape costs a compiled slice op, ~25 s on the first save of the tiny test model on 8
-    CPU devices. Only slices of at least 256 KiB (e.g. AggPose-L's large kernels) are split now; smaller
-    arrays are written whole by one replica."""
-    import orbax.checkpoint as ocp
-    from absl import logging as absl_logging
-    from orbax.checkpoint._src.serialization import jax_array_handlers
-
-    handler = jax_array_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=_REPLICA_SLICE_MIN_BYTES)
-    level = absl_logging.get_verbosity()
-    absl_logging.set_verbosity(absl_logging.ERROR)  # "overriding jax.Array": intended
-    try:
-        ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
-    finally:
-        absl_logging.set_verbosity(level)
-
 
 def _preemption_notifier_active() -> bool:
     """JAX's distributed runtime runs a preemption sync manager (its C++ SIGTERM handler is in place)."""
@@ -181,7 +160,6 @@ class Trainer:
         self.abstract_state = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, self.state_sharding
         )
-        _save_small_arrays_from_one_replica()
         self.checkpointer = TrainCheckpointer(
             os.path.join(self.workdir, "checkpoints"),
             keep=run.train.keep_checkpoints,
