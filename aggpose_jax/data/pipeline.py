@@ -32,7 +32,10 @@ worker's last) may be partly padding.
 Worker processes are started with ``spawn``: a script that uses ``worker_count > 0`` needs an
 ``if __name__ == "__main__":`` guard (as any ``multiprocessing`` program), and its source must be
 picklable (the COCO and TFDS sources are). Each worker runs OpenCV single-threaded and keeps
-freed buffers in its heap (see ``keep_freed_buffers_in_heap``).
+freed buffers in its heap (see ``keep_freed_buffers_in_heap``). Workers leave stopping to the main
+process: they never act on SIGTERM/SIGINT (``_stop_signals_blocked``), so a signal to the whole
+process group (``timeout``, SLURM, systemd, Ctrl-C) reaches the main process alone, which saves and
+then shuts the workers down.
 
 Skipped records: samples whose image is missing or undecodable are dropped before batching, so a
 training batch never contains them and an epoch is correspondingly shorter (the process that meets
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import ctypes
 import dataclasses
 import functools
@@ -52,16 +56,20 @@ import glob
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from multiprocessing import resource_tracker
 from typing import Any
 
 import cv2
 import grain
+import numpy as np
 from absl import flags
+from grain.multiprocessing import SharedMemoryArray
 
 from aggpose_jax.data import sources
 from aggpose_jax.data import transforms as T
@@ -91,10 +99,60 @@ def keep_freed_buffers_in_heap() -> bool:
         return False
 
 
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked(enabled: bool = True) -> Iterator[None]:
+    """SIGTERM/SIGINT blocked in the calling thread while Grain builds iterators and spawns workers.
+
+    Grain spawns each worker from the calling thread or from threads it starts meanwhile; they inherit
+    its signal mask and the workers keep it across ``exec``, so a worker never acts on a stop signal,
+    not even while it starts up (before ``_worker_init`` runs). A signal that arrives meanwhile stays
+    pending for this process and is delivered when the block ends: none is lost. The multiprocessing
+    resource tracker is started first: starting it unblocks both signals in the thread that does.
+    """
+    if not enabled:
+        yield
+        return
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _worker_init(worker_index: int, worker_count: int) -> None:
     del worker_index, worker_count
+    for signum in _STOP_SIGNALS:  # stopping is the main process's job (module docstring)
+        signal.signal(signum, signal.SIG_IGN)
     cv2.setNumThreads(1)  # one core per worker process; parallelism comes from the workers
     keep_freed_buffers_in_heap()
+
+
+def _out_of_shared_memory(batch: Any) -> Any:
+    """A batch from the workers with its arrays copied out of shared memory (a memcpy per array).
+
+    Grain unlinks a shared-memory block when its array is deleted, from a background thread; a block still
+    held when the process exits (the last batch of a run that stops at once, e.g. on SIGTERM) is reported as
+    leaked by multiprocessing's resource tracker. The copies let each block go as soon as it is read.
+    """
+    if not isinstance(batch, dict):
+        return batch
+    return {k: np.array(v) if isinstance(v, SharedMemoryArray) else v for k, v in batch.items()}
+
+
+def _finish_shared_memory_unlinks() -> None:
+    """Wait until Grain has unlinked the shared-memory blocks of the arrays deleted so far (a closed pipeline's
+    buffered batches). Grain deletes them in one background thread pool, in order, when it has one (a
+    private attribute, read defensively): one empty task queued behind them returns when they are done."""
+    pool = getattr(SharedMemoryArray, "_del_thread_pool", None)
+    if pool is not None:
+        try:
+            pool.apply(int)
+        except (ValueError, AssertionError):  # the pool was closed meanwhile
+            pass
 
 
 _OPEN_ITERATORS: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -198,7 +256,8 @@ class Loader:
         if start_sample and (not self.train or self.build is None):
             raise ValueError("Loader.iterator: only training loaders start at a sample position")
         dataset = self.build(start_sample) if start_sample else self.dataset
-        it = iter(dataset)
+        with _stop_signals_blocked(self.worker_count > 0):
+            it = iter(dataset)
         _OPEN_ITERATORS.add(it)
         return it
 
@@ -232,14 +291,21 @@ class LoaderIterator:
         self.loader = loader
         self._start, self._batches = int(start_sample), 0
         self._it = loader._grain_iterator(self._start)
+        self._started = 0  # batches taken from this Grain iterator, up to the worker count
 
     def __iter__(self) -> LoaderIterator:
         return self
 
     def __next__(self) -> dict[str, Any]:
-        batch = next(self._it)
+        workers = self.loader.worker_count
+        if self._started >= workers:
+            batch = next(self._it)
+        else:  # the first batch of each worker starts it
+            with _stop_signals_blocked():
+                batch = next(self._it)
+            self._started += 1
         self._batches += 1
-        return batch
+        return _out_of_shared_memory(batch) if workers else batch
 
     @property
     def samples_seen(self) -> int:
@@ -261,12 +327,13 @@ class LoaderIterator:
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restore a ``get_state()`` (a bare Grain iterator state is accepted too)."""
-        if "grain" in state and "start_sample" in state:
-            self._rebuild(int(state["start_sample"]))
-            self._batches = int(state.get("batches", 0))
-            self._it.set_state(state["grain"])
-        else:
-            self._it.set_state(state)
+        with _stop_signals_blocked(self.loader.worker_count > 0):  # may restart worker processes
+            if "grain" in state and "start_sample" in state:
+                self._rebuild(int(state["start_sample"]))
+                self._batches = int(state.get("batches", 0))
+                self._it.set_state(state["grain"])
+            else:
+                self._it.set_state(state)
 
     def seek(self, sample: int) -> None:
         """Continue from global stream position ``sample`` (a fresh pipeline; nothing is read to get there)."""
@@ -276,17 +343,21 @@ class LoaderIterator:
         if fresh or start != self._start or self._it is None:
             self.close()
             self._it = self.loader._grain_iterator(start)
+            self._started = 0
         self._start, self._batches = start, 0
 
     def start_prefetch(self) -> None:
         if hasattr(self._it, "start_prefetch"):
-            self._it.start_prefetch()
+            with _stop_signals_blocked(self.loader.worker_count > 0):
+                self._it.start_prefetch()
 
     def close(self) -> None:
         """Stop the pipeline's threads and worker processes; the iterator cannot be used afterwards."""
         if self._it is not None and hasattr(self._it, "close"):
             self._it.close()
         self._it = None  # freed now, not at interpreter shutdown (where Grain's finaliser fails noisily)
+        if self.loader.worker_count:
+            _finish_shared_memory_unlinks()
 
 
 @dataclasses.dataclass(frozen=True)
