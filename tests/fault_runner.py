@@ -4,6 +4,7 @@ AGGPOSE_FAULT selects it:
   kill_at_step=N     SIGKILL when the training loop is about to run step N+1 (N steps done, saves finished)
   kill_during_save=N SIGKILL right after the asynchronous save of step N has started
   enospc_at_save=N   the checkpoint writer raises ENOSPC while writing step N's arrays
+  slow_steps=S       every step takes S seconds longer (a sleep before it, in the main process)
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import errno
 import os
 import signal
 import sys
+import time
 
 from aggpose_jax.train import checkpoints, loop
 
 kind, _, value = os.environ.get("AGGPOSE_FAULT", "").partition("=")
-target = int(value or 0)
+target = float(value or 0) if kind == "slow_steps" else int(value or 0)
 
 if kind == "kill_at_step":
     init = loop.Trainer.__init__
@@ -30,6 +32,13 @@ if kind == "kill_at_step":
         init(self, *args, batch_callback=callback, **kwargs)
 
     loop.Trainer.__init__ = init_with_callback
+elif kind == "slow_steps":
+    init = loop.Trainer.__init__
+
+    def init_with_sleep(self, *args, **kwargs):
+        init(self, *args, batch_callback=lambda step, batch: time.sleep(target), **kwargs)
+
+    loop.Trainer.__init__ = init_with_sleep
 elif kind in ("kill_during_save", "enospc_at_save"):
     import orbax.checkpoint as ocp
 

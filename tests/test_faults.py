@@ -2,16 +2,19 @@
 state and record, the console stays short and free of tracebacks, and resuming ends bitwise equal to a run
 that was never interrupted.
 
-Console budget: at most 40 lines on stderr for any scenario (a clean 6-step run prints 7-9).
-The scenarios that train (kill -9, SIGTERM, damaged checkpoints, ENOSPC, more steps) are marked ``long``:
-each runs the main job once or twice, about 45 s a run on 2 cores, 7 minutes in all with ``-n 2``; they are
-left out of the default test command (``python -m pytest -q -n 2 -m long tests/test_faults.py`` runs
-them). The refusals and the lock takeover (changed architecture, busy workdir, stale lock) take seconds
-after the shared reference run and run with the default command.
+Console budget: at most 40 lines on stderr for any scenario (a clean 6-step run prints 7-9), no traceback, no
+asyncio text; it also holds with the machine under load (a CPU hog beside the damaged-checkpoint resume).
+The scenarios that train (kill -9, SIGTERM, a stop signal to the whole process group with Grain input
+workers running, damaged checkpoints, ENOSPC, more steps) are marked ``long``: each runs the main job once
+or twice, about 45 s a run on 2 cores; ``.ci/run`` runs them after the quick suite
+(``python -m pytest -q -m long tests/test_faults.py``). The refusals and the lock takeover (changed
+architecture, busy workdir, stale lock) take seconds after the shared reference run and run with the
+default command.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -20,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +54,15 @@ def _check_console(proc: subprocess.CompletedProcess) -> list[str]:
     lines = proc.stderr.strip().splitlines()
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert len(lines) <= LINE_BUDGET, f"{len(lines)} lines:\n" + "\n".join(lines[:60])
-    for noise in ("Task exception was never retrieved", "Event loop is closed", "TensorStore", "tensorstore"):
+    for noise in (
+        "Task exception was never retrieved",
+        "Event loop is closed",
+        "I/O operation on closed file",
+        "unraisablehook",
+        "asyncio",
+        "TensorStore",
+        "tensorstore",
+    ):
         assert noise not in proc.stderr, proc.stderr[-3000:]
     print(f"console: exit {proc.returncode}, {len(lines)} lines on stderr")  # for the report (pytest -rA)
     return lines
@@ -148,6 +160,71 @@ def test_sigterm_saves_and_the_rerun_completes_bitwise_equal(setup, tmp_path):
     _assert_same(_final_params(workdir), reference)
 
 
+def _group(pgid: int) -> dict[int, str]:
+    """pid -> command line of every live process in process group ``pgid`` (zombies excluded)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            found[int(entry)] = cmdline
+    return found
+
+
+@pytest.mark.long
+@pytest.mark.parametrize("speed", ["fast-steps", "slow-steps"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_a_stop_signal_to_the_process_group_with_input_workers_saves_once_and_exits_quietly(
+    setup, tmp_path, signum, speed
+):
+    """As ``timeout``, SLURM, systemd and Ctrl-C send it: to the main process and its 2 Grain workers at once.
+    The workers leave stopping to the main process: one checkpoint, exit 0 (README "Faults"), a quiet
+    console, and no process of the group left running."""
+    config, _, _ = setup
+    workdir = tmp_path / "wd"
+    env = child_env()
+    env["AGGPOSE_FAULT"] = "slow_steps=2" if speed == "slow-steps" else ""
+    cmd = [sys.executable, RUNNER, "--config", str(config), "--workdir", str(workdir), "--mode", "train"]
+    cmd += ["--config.data.num_workers=2", "--config.train.num_steps=400", "--config.train.checkpoint_every_steps=0"]
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    pgid = proc.pid  # its own session: the signal reaches this run only
+    try:
+        lines = []
+        for line in proc.stderr:  # batches have come from the workers: preempt the whole group
+            lines.append(line)
+            if "step 2/400" in line:
+                break
+        workers = [pid for pid, cmdline in _group(pgid).items() if "spawn_main" in cmdline]
+        assert len(workers) == 2, (_group(pgid), "".join(lines))
+        os.killpg(pgid, signum)
+        rest = proc.stderr.read()
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(pgid, signal.SIGKILL)
+            proc.wait()
+    console = subprocess.CompletedProcess(cmd, code, "", "".join(lines) + rest)
+    assert code == 0, console.stderr[-3000:]
+    out = _check_console(console)
+    for noise in ("KeyboardInterrupt", "leaked shared_memory", "terminated unexpectedly", "resource_tracker"):
+        assert noise not in console.stderr, console.stderr[-3000:]
+    saved = [line for line in out if "stop requested" in line]
+    assert len(saved) == 1 and f"signal {int(signum)}" in saved[0], out
+    steps = sorted(n for n in os.listdir(workdir / "checkpoints") if n.isdigit())
+    assert len(steps) == 1 and f"saved step {steps[0]} " in saved[0], (steps, saved)
+    deadline = time.monotonic() + 30
+    while _group(pgid) and time.monotonic() < deadline:  # orphaned workers would be re-parented, not gone
+        time.sleep(0.5)
+    assert _group(pgid) == {}, _group(pgid)
+
+
 def _copy_reference(setup, tmp_path: Path) -> Path:
     workdir = tmp_path / "wd"
     shutil.copytree(setup[2], workdir)
@@ -158,13 +235,29 @@ def _array_files(step_dir: Path) -> list[Path]:
     return [p for p in (step_dir / "state").rglob("*") if p.is_file() and "d" in p.parent.name and p.stat().st_size]
 
 
+@contextlib.contextmanager
+def _cpu_hog(processes: int = 2) -> Iterator[None]:
+    """Busy-loop processes (one per core of CI's 2) running for the duration of the block."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
 @pytest.mark.long
-@pytest.mark.parametrize("damage", ["truncated-array", "deleted-metadata", "empty-step-folder"])
+@pytest.mark.parametrize(
+    "damage", ["truncated-array", "truncated-array-under-load", "deleted-metadata", "empty-step-folder"]
+)
 def test_damaged_latest_checkpoint_is_set_aside_and_training_resumes(setup, tmp_path, damage):
+    """Under load: the restore's failed attempts leave Orbax's background threads writing late; the console
+    budget holds all the same (``train/checkpoints.py``: nothing process-wide is swapped in Python)."""
     config, reference, _ = setup
     workdir = _copy_reference(setup, tmp_path)
     latest = workdir / "checkpoints" / "6"
-    if damage == "truncated-array":
+    if damage.startswith("truncated-array"):
         files = _array_files(latest)
         assert files
         for p in files:
@@ -177,7 +270,8 @@ def test_damaged_latest_checkpoint_is_set_aside_and_training_resumes(setup, tmp_
     else:
         shutil.rmtree(latest)
         latest.mkdir()
-    proc = _run(config, workdir)
+    with _cpu_hog() if damage.endswith("under-load") else contextlib.nullcontext():
+        proc = _run(config, workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = _check_console(proc)
     if damage != "empty-step-folder" or (workdir / "checkpoints_unreadable").exists():

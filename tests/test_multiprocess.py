@@ -365,6 +365,38 @@ def test_a_killed_process_ends_the_job_in_time_and_leaves_the_last_checkpoint(ru
         np.testing.assert_array_equal(got[name], value, err_msg=name)
 
 
+@pytest.mark.long
+def test_two_processes_generate_their_own_synthetic_set_and_train(tmp_path) -> None:
+    """``data.root=''`` in a 2-process job: process 0 generates the set into the workdir once, the other waits at
+    the coordination barrier; both train on it and the run ends with a checkpoint of the last step."""
+    config_file = tmp_path / "synthetic_config.py"
+    config_file.write_text(
+        f"import sys\nsys.path.insert(0, {TESTS!r})\nfrom train_helpers import tiny_config\n"
+        "def get_config():\n    c = tiny_config('', batch_size=4, num_steps=2)\n"
+        "    c.data.synthetic.num_images = 20\n    c.data.synthetic.image_size = (120, 160)\n"
+        "    c.model.kernels = 'xla'\n    return c\n"
+    )
+    workdir = tmp_path / "wd"
+    launch = os.path.join(REPO, "launch", "local_multiprocess.sh")
+    env = child_env(1)
+    env["PYTHON"] = sys.executable
+    main_args = ["--config", str(config_file), "--workdir", str(workdir), "--mode", "train"]
+    with compile_lock():
+        proc = subprocess.run(
+            [launch, "-n", "2", "-k", "1", "--", *main_args], env=env, cwd=REPO, capture_output=True, text=True
+        )
+    logs = "".join(p.read_text() for p in sorted((workdir / "logs").glob("process_*.log")))
+    assert proc.returncode == 0, proc.stderr[-3000:] + logs[-3000:]
+    assert logs.count("generating a synthetic") == 1, logs[-3000:]  # process 0 only
+    images = 0
+    for split in ("train", "val"):
+        with open(workdir / "synthetic" / "annotations" / f"person_keypoints_{split}2017.json") as f:
+            images += len(json.load(f)["images"])
+    assert images == 20
+    assert sorted(int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit())[-1] == 2
+    assert "in 2 process(es)" in logs
+
+
 def test_environment_contract() -> None:
     from aggpose_jax.distributed import DEFAULT_FAULT_TIMEOUT_S, set_host_device_count, spec_from_env
 
