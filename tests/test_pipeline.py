@@ -213,18 +213,43 @@ def test_resume_from_saved_state_in_a_new_process(tmp_path):
     _resume_in_new_process(tmp_path, worker_count=0)
 
 
+def _one_epoch(recs, **kw):
+    cfg = data_config(NO_AUG)
+    return list(iter(loader(recs, data_config=cfg, train=True, batch_size=1, seed=2, num_epochs=1, **kw)))
+
+
 @pytest.mark.slow
 def test_worker_processes(tmp_path):
-    """Two workers: every sample of an epoch as in-process, bad files counted, exact resume."""
+    """Two workers: the epoch's samples in the same order as in-process (README: the sample stream does not
+    depend on the loader's worker count), exact resume."""
+    recs = make_records(12, seed=5)
+    single, multi = _one_epoch(recs, prefetch=0), _one_epoch(recs, worker_count=2)
+    assert len(multi) == len(single) == 12
+    assert_batches_equal(multi, single)  # in order, not only the same set
+    _resume_in_new_process(tmp_path, worker_count=2)
+
+
+@pytest.mark.slow
+def test_worker_processes_with_an_undecodable_image():
+    """Two workers and a bad file: the same samples as in-process, the bad file counted once."""
     recs = make_records(12, seed=5, bad=(3,))
-    cfg = data_config(NO_AUG)
-    single = list(iter(loader(recs, data_config=cfg, train=True, batch_size=1, seed=2, num_epochs=1, prefetch=0)))
-    ld = loader(recs, data_config=cfg, train=True, batch_size=1, seed=2, num_epochs=1, worker_count=2)
+    single = _one_epoch(recs, prefetch=0)
+    ld = loader(recs, data_config=data_config(NO_AUG), train=True, batch_size=1, seed=2, num_epochs=1, worker_count=2)
     multi = list(iter(ld))
     key = lambda bs: sorted(b["image"].tobytes() + b["target"].tobytes() for b in bs)  # noqa: E731
-    assert len(multi) == 11 and key(multi) == key(single)
+    assert len(multi) == len(single) == 11 and key(multi) == key(single)
     assert ld.corrupt_images() == {"img_5_3.jpg": 1}
-    _resume_in_new_process(tmp_path, worker_count=2)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug: with 2 workers, after a dropped (undecodable) image the order differs from in-process: "
+    "stream positions 0-5 then 7, 6, 9, 8, 10 (measured); README promises a worker-count-independent stream",
+)
+def test_worker_order_with_an_undecodable_image():
+    recs = make_records(12, seed=5, bad=(3,))
+    assert_batches_equal(_one_epoch(recs, worker_count=2), _one_epoch(recs, prefetch=0))
 
 
 def test_visualize_grid_overlays_targets():
