@@ -13,8 +13,8 @@ Measured on this project's 2-vCPU machine (jax 0.10.2), 2026-12-05, val set of 1
   sit on the all-zero-heatmap plateau, so the test trains 600.
 
 The threshold is about half the lowest 600-step AP measured. A run that has not learned scores near 0
-(the 300-step seed-1 run, still on the plateau: 0.022); a learning-rate-0 control was not run
-(``optim.lr`` must be > 0).
+(the 300-step seed-1 run, still on the plateau: 0.022); the same 600 steps with ``optim.lr=1e-9``
+(0 is refused by validation) gave AP 0.0000, so a learning-rate bug fails this test.
 """
 
 from __future__ import annotations
