@@ -82,10 +82,20 @@ def init_params(config: ModelConfig, seed: int, shardings: Any = None) -> dict:
             return nnx.to_pure_dict(nnx.state(AggPose(config, rngs=nnx.Rngs(seed)), nnx.Param))
 
         lowered = jax.jit(init, out_shardings=shardings).lower()
-        # Runs once: on CPU, skip LLVM optimisation (halves the compile time of hundreds of RNG calls).
+        # Runs once: on CPU, skip LLVM optimisation (halves the compile time of hundreds of RNG calls). The
+        # options are XLA:CPU's: chosen by the platform the function is compiled for, not the host's backend.
         fast = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-        _INIT[key] = lowered.compile(compiler_options=fast if jax.default_backend() == "cpu" else None)
+        _INIT[key] = lowered.compile(compiler_options=fast if target_platform(shardings) == "cpu" else None)
     return _INIT[key]()
+
+
+def target_platform(shardings: Any = None) -> str:
+    """The platform of the devices ``shardings`` (a sharding or a pytree of them) place arrays on; without
+    shardings, the default backend's (where an unplaced ``jax.jit`` runs)."""
+    for leaf in jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding)):
+        if isinstance(leaf, jax.sharding.Sharding):
+            return next(iter(leaf.device_set)).platform
+    return jax.default_backend()
 
 
 def to_pure(params: Any) -> dict:

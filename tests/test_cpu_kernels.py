@@ -181,3 +181,50 @@ def test_xla_and_cpu_kernel_forms_agree_on_the_tiny_model():
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
         err = np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-3 * total)
         assert err < 1e-4, (jax.tree_util.keystr(path), err)
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cpu"])
+def test_kernels_auto_resolve_for_the_platform_the_model_is_built_for(monkeypatch, platform):
+    """kernels='auto' is resolved once, when the model is built, for its target platform: a model built for
+    a TPU never takes the CPU forms, though this host's backend is the CPU; built for the CPU it does. The
+    forward (where the forms are chosen; the backward differentiates what it chose) is traced with every CPU
+    form behind a tripwire."""
+    from aggpose_jax.models import cpu_kernels
+    from aggpose_jax.models.aggpose import AggPose, get_model_config
+
+    taken = []
+
+    def tripwire(name):
+        real = getattr(cpu_kernels, name)
+
+        def wrapped(*args, **kwargs):
+            taken.append(name)
+            return real(*args, **kwargs)
+
+        return wrapped
+
+    for name in ("mix_ffn", "dense_2d", "strided_patch_conv", "materialise_small_leaves"):
+        monkeypatch.setattr(cpu_kernels, name, tripwire(name))
+    assert jax.default_backend() == "cpu"
+    config = get_model_config("aggpose_tiny", image_size=(32, 32), kernels="auto")
+    abstract = nnx.eval_shape(lambda: AggPose(config, rngs=nnx.Rngs(0), platform=platform))
+    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+    expected = "cpu" if platform == "cpu" else "xla"
+    assert abstract.kernels == expected
+    layers = [m for _, m in nnx.iter_graph(abstract) if hasattr(m, "cpu_forms")]
+    assert layers and {m.kernels for m in layers} == {expected}
+    assert {m.cpu_forms for m in layers} == {platform == "cpu"}
+
+    def forward(p, x):
+        return nnx.merge(graphdef, p, rest)(x)
+
+    jax.eval_shape(forward, params, jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32))
+    if platform == "cpu":
+        assert {"mix_ffn", "dense_2d", "strided_patch_conv", "materialise_small_leaves"} <= set(taken)
+    else:
+        assert taken == []
+
+
+def test_layers_take_only_a_resolved_kernels_value():
+    with pytest.raises(ValueError, match="a layer takes 'xla' or 'cpu'"):
+        MixFFN(4, 12, 6, kernels="auto", rngs=nnx.Rngs(0))

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from aggpose_jax.models import cpu_kernels
 from aggpose_jax.models.cpu_kernels import KERNEL_CHOICES
 from aggpose_jax.models.layers import (
     ATTENTION_CHOICES,
@@ -74,7 +75,8 @@ class ModelConfig:
     backward pass (saves memory, same numbers); ``unroll_blocks`` unrolls the block scans (slower compile;
     needed for exact XLA cost analysis, which counts a loop body once). ``kernels`` picks how layers
     compute, never their parameters: 'xla' (the plain layers), 'cpu' (``models/cpu_kernels.py``) or
-    'auto' (the CPU forms on the CPU backend). ``attention``: 'dot_product' (``jax.nn.dot_product_attention``),
+    'auto' (the CPU forms when the model is built for the CPU platform: ``cpu_kernels.resolve``, once, for the
+    target devices, never at trace time). ``attention``: 'dot_product' (``jax.nn.dot_product_attention``),
     'cudnn' (its cuDNN kernel, GPU only) or 'einsum' (the formula written out).
     """
 
@@ -206,9 +208,14 @@ def drop_path_rates(config: ModelConfig) -> dict[str, tuple[float, ...]]:
 class AggPose(nnx.Module):
     """AggPose heatmap regressor: ``model(images (B, H, W, 3)) -> heatmaps (B, H/4, W/4, J) float32``."""
 
-    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, platform: str | None = None):
+        """``platform``: the JAX platform ('cpu', 'gpu', 'tpu') the model is built for, which resolves
+        ``config.kernels='auto'`` here, once (default: the host's default backend, where an eager model runs);
+        the layers only see the resolved 'xla' or 'cpu'. A run config resolves it for the run's devices
+        before the model is built, so the model then never looks at the host."""
         self.config = config
-        dt, kernels = config.compute_dtype, config.kernels
+        dt = config.compute_dtype
+        self.kernels = kernels = cpu_kernels.resolve(config.kernels, platform or jax.default_backend())
         d1, d2, d3, d4 = config.dims
 
         def embed(c_in: int, c_out: int) -> OverlapPatchEmbed:  # 3x3 stride-2 down-sampling

@@ -2,8 +2,8 @@
 
 XLA:CPU runs grouped convolutions, 4-D dense layers and strided patch convolutions (and above all their
 gradients) many times slower than the equivalent matrix products and shifted sums. The layers in
-``aggpose_jax.models.layers`` call these forms when ``ModelConfig.kernels`` selects them (``auto``:
-on the CPU backend). On GPU and TPU the plain forms are the fast ones.
+``aggpose_jax.models.layers`` call these forms when ``ModelConfig.kernels`` selects them (``auto``: when the
+model is built for the CPU platform, :func:`resolve`). On GPU and TPU the plain forms are the fast ones.
 """
 
 from __future__ import annotations
@@ -27,11 +27,15 @@ def resolve(kernels: str, platform: str) -> str:
     return kernels
 
 
-def enabled(kernels: str) -> bool:
-    """Whether ``kernels`` ('auto', 'xla' or 'cpu') selects the CPU forms on the current default backend."""
-    if kernels not in KERNEL_CHOICES:
-        raise ValueError(f"kernels: must be one of {list(KERNEL_CHOICES)}, got {kernels!r}")
-    return kernels == "cpu" or (kernels == "auto" and jax.default_backend() == "cpu")
+def uses_cpu_forms(kernels: str) -> bool:
+    """Whether a layer's ``kernels`` (already resolved: 'xla' or 'cpu') selects the CPU forms. Layers never see
+    'auto': the model resolves it once, for its target platform, when it is built (:func:`resolve`)."""
+    if kernels not in ("xla", "cpu"):
+        raise ValueError(
+            f"kernels: a layer takes 'xla' or 'cpu' (resolve 'auto' for the target platform with "
+            f"cpu_kernels.resolve), got {kernels!r}"
+        )
+    return kernels == "cpu"
 
 
 def dense_2d(layer: nnx.Linear, x: jax.Array) -> jax.Array:

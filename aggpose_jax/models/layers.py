@@ -3,8 +3,10 @@
 Every layer keeps its parameters in float32 and computes in ``dtype`` (float32 or bfloat16). Attribute
 names follow the PyTorch release (``proj``/``norm``, ``fc1``/``dwconv``/``fc2``, ``q``/``kv``/``proj``/
 ``sr``, ``norm1``/``attn``/``norm2``/``mlp``) so that checkpoint names map one to one
-(``aggpose_jax.convert.mapping``). ``kernels`` picks the computation, never the parameters: the plain
-forms below, or the XLA:CPU forms of ``aggpose_jax.models.cpu_kernels``.
+(``aggpose_jax.convert.mapping``). ``kernels`` picks the computation, never the parameters: 'xla', the plain
+forms below, or 'cpu', the XLA:CPU forms of ``aggpose_jax.models.cpu_kernels``. Layers take that choice
+resolved ('auto' is the model's to resolve, once, for the platform it is built for); a layer checks it when
+it is built and never looks at the host's backend.
 """
 
 from __future__ import annotations
@@ -138,16 +140,17 @@ class MixFFN(nnx.Module):
         out_features: int,
         *,
         dtype: jnp.dtype = jnp.float32,
-        kernels: str = "auto",
+        kernels: str = "xla",
         rngs: nnx.Rngs,
     ):
         self.kernels = kernels
+        self.cpu_forms = cpu_kernels.uses_cpu_forms(kernels)
         self.fc1 = dense(in_features, hidden_features, dtype, rngs)
         self.dwconv = DWConv(hidden_features, dtype=dtype, rngs=rngs)
         self.fc2 = dense(hidden_features, out_features, dtype, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        if cpu_kernels.enabled(self.kernels):
+        if self.cpu_forms:
             return cpu_kernels.mix_ffn(self.fc1, self.dwconv.dwconv, self.fc2, x)
         return self.fc2(gelu(self.dwconv(self.fc1(x))))
 
@@ -162,7 +165,7 @@ class MlpUpsample(nnx.Module):
         factor: int,
         *,
         dtype: jnp.dtype = jnp.float32,
-        kernels: str = "auto",
+        kernels: str = "xla",
         rngs: nnx.Rngs,
     ):
         self.factor = factor
@@ -199,7 +202,7 @@ class Attention(nnx.Module):
         sr_ratio: int,
         *,
         dtype: jnp.dtype = jnp.float32,
-        kernels: str = "auto",
+        kernels: str = "xla",
         attention: str = "dot_product",
         rngs: nnx.Rngs,
     ):
@@ -208,6 +211,7 @@ class Attention(nnx.Module):
         self.num_heads = num_heads
         self.sr_ratio = sr_ratio
         self.kernels = kernels
+        self.cpu_forms = cpu_kernels.uses_cpu_forms(kernels)
         self.attention = attention
         self.q = dense(dim, dim, dtype, rngs)
         self.kv = dense(dim, 2 * dim, dtype, rngs)
@@ -219,7 +223,7 @@ class Attention(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         b, h, w, c = x.shape
         head_dim = c // self.num_heads
-        cpu = cpu_kernels.enabled(self.kernels)
+        cpu = self.cpu_forms
         linear = cpu_kernels.dense_2d if cpu else (lambda layer, t: layer(t))
         src = x
         if self.sr_ratio > 1:  # keys and values from an (h/R, w/R) map
@@ -241,7 +245,7 @@ class Block(nnx.Module):
         sr_ratio: int,
         *,
         dtype: jnp.dtype = jnp.float32,
-        kernels: str = "auto",
+        kernels: str = "xla",
         attention: str = "dot_product",
         rngs: nnx.Rngs,
     ):
@@ -276,7 +280,7 @@ class BlockStack(nnx.Module):
         dtype: jnp.dtype = jnp.float32,
         remat: bool = False,
         unroll: bool = False,
-        kernels: str = "auto",
+        kernels: str = "xla",
         attention: str = "dot_product",
         rngs: nnx.Rngs,
     ):
@@ -290,6 +294,7 @@ class BlockStack(nnx.Module):
         self.remat = remat
         self.unroll = unroll
         self.kernels = kernels
+        self.cpu_forms = cpu_kernels.uses_cpu_forms(kernels)
 
         @nnx.split_rngs(splits=num_blocks)
         @nnx.vmap(in_axes=(0,), out_axes=0)
@@ -304,7 +309,7 @@ class BlockStack(nnx.Module):
         graphdef, params = nnx.split(self.layers)
         rates = jnp.asarray(self.drop_rates, jnp.float32)
         keys = None if key is None else jax.random.split(key, self.num_blocks)
-        materialise = cpu_kernels.enabled(self.kernels)
+        materialise = self.cpu_forms
 
         def body(carry: jax.Array, xs: tuple) -> tuple[jax.Array, None]:
             layer_params, rate, layer_key = xs
