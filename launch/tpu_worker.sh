@@ -110,7 +110,7 @@ step_setup() {
 }
 
 # Whether $1 is the pid of a job this script started (its wrapper shell carries the marker).
-is_our_job() { [[ -n "$1" ]] && kill -0 "$1" 2>/dev/null && ps -o args= -p "$1" 2>/dev/null | grep -q 'aggpose-run:'; }
+is_our_job() { [[ -n "$1" ]] && kill -0 "$1" 2>/dev/null && ps -ww -o args= -p "$1" 2>/dev/null | grep -q 'aggpose-run:'; }
 
 # Whether process group $1 has a member that has not exited (zombies waiting for their parent do not count).
 group_alive() { ps -e -o pgid=,stat= | awk -v g="$1" '$1 == g && $2 !~ /^Z/ { found = 1 } END { exit !found }'; }
@@ -163,7 +163,7 @@ free_the_tpu() {
     [[ "${pid}" != "$$" ]] || continue
     local owner args
     owner=$(ps -o uid= -p "${pid}" 2>/dev/null | tr -d ' ') || continue
-    args=$(ps -o args= -p "${pid}" 2>/dev/null) || continue
+    args=$(ps -ww -o args= -p "${pid}" 2>/dev/null) || continue
     if [[ "${owner}" == "$(id -u)" && "${args}" == *aggpose_jax* ]]; then
       say "stopping a leftover aggpose_jax process holding the TPU: pid ${pid} (${args:0:120})"
       local pgid

@@ -13,6 +13,7 @@ from flax import nnx
 from torch_writer import write_torch_checkpoint
 
 import aggpose_jax
+from aggpose_jax import inference
 from aggpose_jax.convert import convert_checkpoint, load_torch_checkpoint
 from aggpose_jax.convert.torch_reader import read_state_dict
 from aggpose_jax.model_dir import CheckpointError, load_model, save_model
@@ -65,7 +66,7 @@ def test_converted_directory_reproduces_the_upstream_output(tmp_path, io):
     model = aggpose_jax.load(tmp_path / "converted")
     assert model.config == TINY
     assert _rel_error(model, io) <= 1e-5
-    assert isinstance(model.params, nnx.State) and isinstance(model.model, aggpose_jax.inference.AggPose)
+    assert isinstance(model.params, nnx.State) and isinstance(model.model, inference.AggPose)
 
 
 def test_load_directory_with_a_config(tmp_path, fixture_params):
@@ -83,13 +84,13 @@ def test_load_directory_with_a_config(tmp_path, fixture_params):
 
 
 def test_heatmaps_rejects_channels_first_images(fixture_params):
-    model = aggpose_jax.inference.PoseModel(TINY, bind(TINY, fixture_params))
+    model = inference.PoseModel(TINY, bind(TINY, fixture_params))
     with pytest.raises(ValueError, match=r"\(B, H, W, 3\), got \(1, 3, 64, 64\)"):
         model.heatmaps(np.zeros((1, 3, 64, 64), np.float32))
 
 
 def test_package_exports_load_lazily():
-    assert aggpose_jax.load is aggpose_jax.inference.load
+    assert aggpose_jax.load is inference.load
     with pytest.raises(AttributeError):
         aggpose_jax.no_such_thing  # noqa: B018
 
