@@ -28,10 +28,14 @@ av = pytest.importorskip("av")
 
 MODEL = Path(__file__).resolve().parent / "fixtures" / "synthetic_tiny17"
 N_FRAMES = 32
-# Accuracy thresholds (pixels; the figure is ~170 px tall). Measured with the fixture model: median
-# joint error ~3.3-3.5 px in both modes, the worst frame's mean joint error ~9-10 px.
-MEDIAN_PX = 6.0
-FRAME_MEAN_PX = 16.0
+# Accuracy thresholds (pixels; the figure is ~170 px tall). Measured with the fixture model on the clip:
+# median joint error 3.44 px (boxes), 3.43 px (single subject), 3.37 px (region); the worst frame's mean
+# joint error 9.2-9.7 px; the mean signed error (bias) at most 1.07 px on either axis. A systematic offset
+# (half a pixel of the model's input is ~1 px here, of its heatmap ~4 px) moves the bias: BIAS_PX catches
+# a shift of 3 px in any direction, which the median alone would not.
+MEDIAN_PX = 4.5
+FRAME_MEAN_PX = 12.0
+BIAS_PX = 1.5
 
 
 def write_video(path: Path, frames: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -89,8 +93,9 @@ def test_boxes_mode_matches_the_truth(predictor: Predictor, clip: dict) -> None:
     res = predictor.video(clip["path"], boxes=clip["boxes"])
     assert res.keypoints.shape == (N_FRAMES, 17, 2) and list(res.box_sources) == ["file"] * N_FRAMES
     err = errors(res.keypoints, clip["joints"])
-    print(f"boxes mode: median {np.median(err):.2f} px, worst frame mean {err.mean(axis=1).max():.2f} px")
-    assert np.median(err) < MEDIAN_PX and err.mean(axis=1).max() < FRAME_MEAN_PX
+    bias = np.abs((res.keypoints - clip["joints"]).mean(axis=(0, 1)))
+    print(f"boxes mode: median {np.median(err):.2f} px, worst frame mean {err.mean(axis=1).max():.2f} px, bias {bias}")
+    assert np.median(err) < MEDIAN_PX and err.mean(axis=1).max() < FRAME_MEAN_PX and (bias < BIAS_PX).all()
     np.testing.assert_allclose(res.times, clip["times"], rtol=0, atol=1e-9)
     np.testing.assert_allclose(res.boxes, truth_boxes(clip["joints"]), atol=0.01)
 
@@ -100,8 +105,12 @@ def test_single_subject_mode_matches_the_truth(predictor: Predictor, clip: dict)
     sources = list(res.box_sources)
     assert sources[0] == "seed" and set(sources) <= {"seed", "track"} and sources.count("track") >= N_FRAMES // 2
     err = errors(res.keypoints, clip["joints"])
-    print(f"single-subject mode: median {np.median(err):.2f} px, worst frame mean {err.mean(axis=1).max():.2f} px")
-    assert np.median(err) < MEDIAN_PX and err.mean(axis=1).max() < FRAME_MEAN_PX
+    bias = np.abs((res.keypoints - clip["joints"]).mean(axis=(0, 1)))
+    print(
+        f"single-subject: median {np.median(err):.2f} px, worst frame mean {err.mean(axis=1).max():.2f} px, bias {bias}"
+    )
+    assert np.median(err) < MEDIAN_PX and err.mean(axis=1).max() < FRAME_MEAN_PX and (bias < BIAS_PX).all()
+    assert not res.identity_uncertain.any()
     assert res.stats["reseeds"] == 0 and res.stats["several_people_frames"] == 0
 
 
@@ -121,11 +130,26 @@ def test_cli_writes_every_output(clip: dict, tmp_path: Path, capsys: pytest.Capt
     report = capsys.readouterr()
     assert "all joints valid in" in report.out and "longest gap" in report.out  # the quality report, printed
     assert "frames/s" in report.err  # the progress bar
-    names = [f.name for f in out.iterdir()]
-    assert sorted(names) == sorted(f"clip{s}" for s in (".keypoints.csv", ".wide.csv", ".json", ".npz", ".overlay.mp4"))
+    names = {f.name for f in out.iterdir()} - {"aggpose-predict.log"}  # the log: only if FFmpeg printed
+    expected = {f"clip{s}" for s in (".keypoints.csv", ".wide.csv", ".json", ".npz", ".overlay.mp4")}
+    assert names == expected | {"aggpose-predict.json"}
+    run = json.loads((out / "aggpose-predict.json").read_text())
+    assert run["complete"] is True and run["exit_status"] == 0 and run["inputs"][0]["status"] == "done"
+    assert set(run["files"]) >= expected and run["compile_s"] > 0
 
     long = read_csv(out / "clip.keypoints.csv")
-    assert list(long[0])[:8] == ["video", "frame", "time_s", "joint", "x", "y", "score", "box_source"]
+    assert list(long[0])[:9] == [
+        "video",
+        "frame",
+        "time_s",
+        "joint",
+        "x",
+        "y",
+        "score",
+        "box_source",
+        "identity_uncertain",
+    ]
+    assert {r["identity_uncertain"] for r in long} == {"0"}
     assert {"x_raw", "y_raw", "flagged"} <= set(long[0]) and len(long) == 17 * N_FRAMES
     assert [r["joint"] for r in long[:17]] == list(predictor_names())
     times = np.array([float(r["time_s"]) for r in long[::17]])
@@ -136,8 +160,10 @@ def test_cli_writes_every_output(clip: dict, tmp_path: Path, capsys: pytest.Capt
     assert len(wide) == N_FRAMES and "left_wrist_x" in wide[0] and "left_wrist_x_raw" in wide[0]
 
     doc = json.loads((out / "clip.json").read_text())
-    assert doc["complete"] is True
+    assert doc["complete"] is True and doc["decoding"]["complete"] and doc["decoding"]["frames_missing"] == 0
     assert (doc["video"]["width"], doc["video"]["height"], doc["video"]["n_frames"]) == (320, 240, N_FRAMES)
+    assert doc["video"]["start_time_s"] == 0.0 and doc["stats"]["timings"]["compile_s"] > 0
+    assert doc["provenance"]["compile_s"] == doc["stats"]["timings"]["compile_s"]
     assert abs(doc["video"]["fps"] - 25.0) < 0.2 and doc["keypoints"]["joint_names"] == list(predictor_names())
     assert [17, 2] not in doc["keypoints"]["skeleton"] and [15, 13] in doc["keypoints"]["skeleton"]
     assert len(doc["boxes"]["frames"]) == N_FRAMES and doc["boxes"]["sources"]["seed"] >= 1
@@ -157,6 +183,8 @@ def test_cli_writes_every_output(clip: dict, tmp_path: Path, capsys: pytest.Capt
     cap = cv2.VideoCapture(str(out / "clip.overlay.mp4"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == N_FRAMES
     cap.release()
+    with av.open(str(out / "clip.overlay.mp4")) as container:  # PyAV is installed here: H.264
+        assert container.streams.video[0].codec_context.name == "h264" and doc["overlay_codec"] == "h264"
 
 
 def predictor_names() -> tuple[str, ...]:

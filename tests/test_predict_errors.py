@@ -79,9 +79,9 @@ def test_boxes_file_naming_frames_the_video_lacks(small_video: Path, tmp_path: P
     assert_one_line_error(code, err, "other.csv", "names frame 100..140 (2 frames)", "small.mp4 has 12 frames")
 
 
-def test_boxes_file_one_frame_too_far_is_found_at_the_end(small_video: Path, tmp_path: Path, capsys) -> None:
-    # Frame 12 is within what a container's frame count may be off by: found once the video is read;
-    # the results made so far are written first.
+def test_boxes_file_one_frame_too_far_is_found_before_the_model_runs(small_video: Path, tmp_path: Path, capsys) -> None:
+    # Frame 12 is within what a container's frame count may be off by: the frames are counted exactly
+    # before the model runs, and nothing is written.
     boxes = tmp_path / "off_by_one.csv"
     boxes.write_text("".join(f"{i + 1},20,10,60,100,0.9\n" for i in range(12)))  # 1-based by mistake
     out = tmp_path / "out"
@@ -89,7 +89,7 @@ def test_boxes_file_one_frame_too_far_is_found_at_the_end(small_video: Path, tmp
         [str(small_video), "--model", MODEL, "--boxes", str(boxes), "--out", str(out), "--quiet"], capsys
     )
     assert_one_line_error(code, err, "names frame 12", "has 12 frames (0..11)", "1-based")
-    assert json.loads((out / "small.json").read_text())["complete"] is True
+    assert not out.exists()
 
 
 def test_undecodable_image_is_skipped_counted_and_reported(tmp_path: Path, capsys) -> None:
@@ -100,9 +100,14 @@ def test_undecodable_image_is_skipped_counted_and_reported(tmp_path: Path, capsy
     (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     out = tmp_path / "out"
     code, stdout, err = run_cli([str(folder), "--model", MODEL, "--region", "0,0,160,120", "--out", str(out)], capsys)
-    assert code == 0, err
-    assert "corrupt.jpg: cannot read or decode the image" in stdout
+    assert code == 3, err  # the others are done; 3 says some input was not
+    assert "aggpose-predict: warning: corrupt.jpg: skipped: cannot read or decode the image" in err
     assert "1 predicted, 1 skipped" in stdout
+    run = json.loads((out / "aggpose-predict.json").read_text())
+    assert [(i["path"].endswith("corrupt.jpg"), i["status"]) for i in run["inputs"]] == [
+        (True, "skipped"),
+        (False, "done"),
+    ]
     summary = json.loads((out / "images.json").read_text())
     assert summary["counts"]["skipped"] == 1 and summary["skipped"][0]["image"] == "corrupt.jpg"
     results = json.loads((out / "images.coco.json").read_text())
@@ -115,8 +120,10 @@ def test_image_with_several_people_needs_boxes(tmp_path: Path, capsys) -> None:
     path = tmp_path / "two.png"
     cv2.imwrite(str(path), np.concatenate([a[0], b[0]], axis=1))
     code, _, err = run_cli([str(path), "--model", MODEL, "--out", str(tmp_path / "o"), "--quiet"], capsys)
-    assert_one_line_error(code, err, "two.png", "several people", "--boxes")
-    assert json.loads((tmp_path / "o" / "images.json").read_text())["complete"] is False
+    assert code == 3 and "Traceback" not in err
+    assert "two.png: skipped: the image shows several people; give their boxes (--boxes FILE)" in err
+    summary = json.loads((tmp_path / "o" / "images.json").read_text())
+    assert summary["complete"] is True and summary["skipped"][0]["reason"].startswith("the image shows several")
 
 
 def test_output_folder_that_cannot_be_written(small_video: Path, tmp_path: Path, capsys) -> None:

@@ -1,10 +1,13 @@
-"""aggpose-predict building blocks without the model: boxes files and regions, seed windows, series
-settings, output names, progress line, the prefetch thread and the synthetic animation."""
+"""aggpose-predict building blocks without the model: boxes files and regions, seed windows, the subject's
+identity and follow box, series settings, output names and earlier results, progress line, the prefetch
+thread, native messages kept off the console, a video's completeness and the synthetic animation."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +17,10 @@ from aggpose_jax.data.synthetic import animate_figure
 from aggpose_jax.predict import series as ser
 from aggpose_jax.predict.batching import Prefetch, Timings
 from aggpose_jax.predict.boxes import BoxesError, BoxesFile, BoxPlan, box_from_keypoints, parse_region
-from aggpose_jax.predict.outputs import check_out_dir, unique_stems
+from aggpose_jax.predict.outputs import check_out_dir, frame_ranges, unique_stems
 from aggpose_jax.predict.progress import Progress
-from aggpose_jax.predict.subject import seed_windows
+from aggpose_jax.predict.subject import Follower, SubjectSettings, body_box, same_subject, seed_windows
+from aggpose_jax.predict.video import NativeLog
 
 
 def test_coco_json_boxes(tmp_path: Path) -> None:
@@ -164,3 +168,143 @@ def test_animate_figure_is_deterministic_and_in_frame() -> None:
     assert np.abs(np.diff(joints, axis=0)).max() > 0.5  # it moves
     _, infant = animate_figure(2, keypoints="infant", seed=0)
     assert infant.shape == (2, 21, 2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Issue 16: identity, follow box, native messages, earlier results, checks before the model runs
+
+
+def test_same_subject_and_the_follow_box() -> None:
+    settings = SubjectSettings()
+    anchor = np.array([100.0, 50.0, 60.0, 160.0])
+    assert same_subject(anchor + [20, 30, 0, 0], anchor, settings)  # moved a little
+    assert same_subject(np.array([110.0, 120.0, 50.0, 80.0]), anchor, settings)  # half the body seen
+    assert not same_subject(anchor + [320, 0, 0, 0], anchor, settings)  # someone beside
+    assert not same_subject(np.array([0.0, 0.0, 300.0, 240.0]), anchor, settings)  # a box over everyone
+    kp = np.array([[10.0, 10.0], [30.0, 10.0], [20.0, 80.0], [20.0, 110.0]])
+    assert np.allclose(body_box(kp, np.full(4, 0.9), None, settings), [10, 10, 20, 100])  # all seen: their extent
+    low = np.array([0.9, 0.9, 0.9, 0.1])  # the foot scores low, still placed near the body: kept, with a margin
+    assert np.allclose(body_box(kp, low, None, settings), [10, 10, 20, 107])
+    far = kp.copy()
+    far[3] = [500.0, 500.0]  # a stray low maximum far away: not
+    assert np.allclose(body_box(far, low, None, settings), [10, 10, 20, 70])
+    remembered = np.full((4, 2), np.nan)
+    remembered[3] = [20.0, 110.0]  # where the foot was last confident
+    gone = np.array([0.9, 0.9, 0.9, 0.0])
+    assert np.allclose(body_box(far, gone, None, settings, remembered), [10, 10, 20, 107])
+    previous = np.array([0.0, 0.0, 40.0, 100.0])  # shrinks by at most 0.85 per update
+    assert np.allclose(body_box(far, gone, previous, settings), [3, 7.5, 34, 85])
+
+
+def test_follower_remembers_joints_for_memory_s() -> None:
+    settings = SubjectSettings(memory_s=1.0)
+    follower = Follower(settings)
+    kp = np.array([[10.0, 10.0], [30.0, 10.0], [20.0, 80.0], [20.0, 110.0]])
+    follower.update(kp, np.full(4, 0.9), 0.0)
+    assert np.allclose(follower.box, [10, 10, 20, 100]) and np.allclose(follower.anchor, [10, 10, 20, 100])
+    gone = np.array([0.9, 0.9, 0.9, 0.0])
+    moved = kp.copy()
+    moved[3] = [500.0, 500.0]  # the foot is not seen now
+    follower.update(moved, gone, 0.5)
+    assert follower.box[1] + follower.box[3] >= 110  # its last place still inside
+    later = Follower(settings)
+    later.update(kp, np.full(4, 0.9), 0.0)
+    later.body = None  # forget the box: only the joint memory is left
+    later.update(moved, gone, 1.5)  # the foot was seen 1.5 s ago: forgotten
+    assert np.allclose(later.box, [10, 10, 20, 70])
+    follower.update(kp, np.array([0.0, 0.0, 0.0, 0.0]), 0.6)  # nothing confident: seed next
+    assert follower.box is None and follower.reseeds == 1 and follower.anchor is not None
+    follower.seeded(kp + 300, np.full(4, 0.9), uncertain=True)  # someone else: do not follow them
+    assert follower.box is None and np.allclose(follower.anchor, [10, 10, 20, 70])
+
+
+def test_frame_ranges() -> None:
+    mask = np.array([0, 1, 1, 0, 1], bool)
+    got = frame_ranges([5, 6, 7, 8, 9], np.arange(5) / 10.0, mask)
+    assert got == [
+        {"start_frame": 6, "end_frame": 7, "start_s": 0.1, "end_s": 0.2},
+        {"start_frame": 9, "end_frame": 9, "start_s": 0.4, "end_s": 0.4},
+    ]
+
+
+def test_native_log_keeps_fd2_off_the_console(tmp_path: Path, capfd) -> None:
+    with NativeLog() as log:
+        start = log.position()
+        os.write(2, b"[mpeg4 @ 0x55b7b5442c00] ac-tex damaged at 13 11\n[ WARN:0@1.2] global cap.cpp:212 open\n")
+        print("ours", file=sys.stderr)
+        with NativeLog() as inner:  # nested: the same capture
+            assert inner is log
+        assert log.ffmpeg_messages(start) == 1
+        assert log.save(tmp_path / "native.log")
+    err = capfd.readouterr().err
+    assert err == "ours\n"
+    assert "ac-tex damaged" in (tmp_path / "native.log").read_text()
+    assert NativeLog.active() is None
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "after\n"
+
+
+def test_earlier_results_and_planned_files(tmp_path: Path) -> None:
+    from aggpose_jax.predict.outputs import FORMAT, earlier_results, planned_files
+
+    out = tmp_path / "out"
+    out.mkdir()
+    assert earlier_results(str(out)) == []
+    (out / "notes.json").write_text('{"mine": 1}')
+    (out / "clip.json").write_text(json.dumps({"format": FORMAT, "outputs": {"long": "clip.keypoints.csv"}}))
+    (out / "clip.keypoints.csv").write_text("x")
+    (out / "aggpose-predict.log").write_text("x")
+    assert [Path(p).name for p in earlier_results(str(out))] == [
+        "aggpose-predict.log",
+        "clip.json",
+        "clip.keypoints.csv",
+    ]
+    stems = {Path("a.mp4"): "a", Path("p.png"): "p"}
+    files = planned_files(str(out), stems, [Path("a.mp4")], [Path("p.png")], ["long", "json", "png"])
+    names = [Path(f).name for f in files]
+    assert names == [
+        "aggpose-predict.json",
+        "a.keypoints.csv",
+        "a.json",
+        "images.keypoints.csv",
+        "images.json",
+        "p.overlay.png",
+    ]
+    assert unique_stems([Path("aggpose-predict.mp4")]) == {Path("aggpose-predict.mp4"): "aggpose-predict_2"}
+
+
+def test_smoothing_checked_against_a_frame_rate() -> None:
+    settings = ser.SeriesSettings(smooth="butterworth", smooth_params={"cutoff_hz": 15.0})
+    settings.check_at(50.0, "fast.mp4")
+    with pytest.raises(
+        ValueError, match=r"slow\.mp4 \(25 fps\): smoothing 'butterworth': cutoff_hz=15.0 must be below"
+    ):
+        settings.check_at(25.0, "slow.mp4")
+    ser.SeriesSettings(smooth="savgol").check_at(None, "unknown rate: nothing to check")
+
+
+def test_quality_report_excludes_frames() -> None:
+    from aggpose_jax.predict.sequences import format_quality_report, quality_report
+
+    t = np.arange(10) / 10.0
+    report = quality_report(np.ones((10, 2)), t, 0.5, 0.2, exclude=np.arange(10) >= 6)
+    assert report["frames_all_valid_share"] == pytest.approx(0.6) and report["excluded_frames"] == 4
+    report["identity_uncertain"] = {"frames": 4, "ranges": [{"start_s": 0.6, "end_s": 0.9}]}
+    report["decoding"] = {"complete": False, "frames_decoded": 10, "frame_count_container": 20, "frames_missing": 10}
+    text = format_quality_report(report)
+    assert "identity uncertain" in text and "0.60-0.90 s" in text and "INCOMPLETE: 10 of the container's 20" in text
+
+
+def test_a_whole_video_is_complete(tmp_path: Path) -> None:
+    from aggpose_jax.predict.video import VideoReader, VideoWriter
+
+    path = tmp_path / "clip.mp4"
+    with VideoWriter(path, 25.0, (64, 48)) as writer:
+        for i in range(10):
+            writer.write(np.full((48, 64, 3), 20 * i, np.uint8))
+    reader = VideoReader(path)
+    assert reader.count_frames() == 10
+    assert len(list(reader)) == 10
+    got = reader.completeness()
+    assert got["complete"] and got["frames_decoded"] == 10 and got["frames_missing"] == 0
+    assert got["duration_container_s"] == pytest.approx(0.4)

@@ -30,7 +30,8 @@ def test_opencv_roundtrip(tmp_path: Path) -> None:
     path = tmp_path / "clip.mp4"
     _write_cfr(path)
     info, frames = vid.open_video(path)
-    assert info == vid.VideoInfo(path=str(path), fps=25.0, width=64, height=48, frame_count=20)
+    assert (info.path, info.fps, info.width, info.height, info.frame_count) == (str(path), 25.0, 64, 48, 20)
+    assert info.start_time_s == 0.0 and info.duration_s == pytest.approx(0.8)
     frames = list(frames)
     assert [i for i, _, _ in frames] == list(range(20))
     times = np.array([t for _, t, _ in frames])
@@ -71,10 +72,12 @@ def test_variable_frame_rate_times_come_from_the_container(tmp_path: Path, codec
     frames = list(frames)
     assert len(frames) == len(times) and info.frame_count == len(times)
     got = np.array([t for _, t, _ in frames])
-    # Times are relative to the stream start, so a container starting at 0.5 s still begins at 0.
-    np.testing.assert_allclose(got, times, rtol=0, atol=1e-3)
+    # Times are the container's: a stream starting at 0.5 s begins at 0.5 s.
+    np.testing.assert_allclose(got, times + offset_s, rtol=0, atol=1e-3)
+    assert info.start_time_s == pytest.approx(offset_s, abs=1e-6) and info.start_time_source == "pyav"
     # index / fps would be wrong by far more than a frame for this clip.
     assert np.abs(np.arange(len(times)) / info.fps - times).max() > 0.1
+    assert len(frames) == info.frame_count  # the whole video
     for i, _, frame in frames:
         assert abs(float(frame[30:, 40:].mean()) - 4 * i) < 8
 

@@ -65,6 +65,7 @@ class Item:
     remaining: int = 0
     path: str = ""
     error: str | None = None
+    exif: int | None = None  # an image's EXIF orientation (None: none)
 
 
 class Prefetch:

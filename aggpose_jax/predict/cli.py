@@ -5,7 +5,14 @@
     aggpose-predict a.mp4 b.mp4 --model runs/l --which best --region 100,40,400,300 --out results/
     aggpose-predict clip.mp4 --model m --out r --max-gap 0.2 --smooth butterworth:cutoff_hz=5 --overlay
 
-Every error is one line on stderr and exit status 2. See ``aggpose_jax.predict.outputs`` for the files.
+Exit status: 0 every input processed completely; 3 the run finished, but some inputs failed or were
+skipped (an unreadable video, an undecodable image, an image with several people and no boxes) or a video
+was decoded incompletely (the summary, the warnings and ``OUT/aggpose-predict.json`` name them); 2 nothing
+was computed: an error, one line each on stderr (bad arguments, boxes, smoothing against a video's frame
+rate, an output folder that cannot be written or holds an earlier run's results); 130 interrupted.
+Warnings (an incomplete video, frames whose subject identity is uncertain, several people at the start of
+a single-subject video) are one line each on stderr. What FFmpeg, OpenCV and XLA print is kept off the
+console, in ``OUT/aggpose-predict.log``. See ``aggpose_jax.predict.outputs`` for the files.
 """
 
 from __future__ import annotations
@@ -13,11 +20,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
 from aggpose_jax.data.cli_errors import add_model_flags, model_flags, one_line
 from aggpose_jax.predict.outputs import DEFAULT_OUTPUTS, OUTPUT_KINDS
+from aggpose_jax.predict.video import NativeLog
 
 PROG = "aggpose-predict"
 
@@ -71,8 +80,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(DEFAULT_OUTPUTS),
         help=f"comma-separated, from {','.join(OUTPUT_KINDS)} (default {','.join(DEFAULT_OUTPUTS)})",
     )
-    g.add_argument("--overlay", action="store_true", help="also write overlay videos (mp4v) and overlay PNGs")
-    g.add_argument("--quiet", action="store_true", help="no progress bar or reports")
+    g.add_argument(
+        "--overlay",
+        action="store_true",
+        help="also write overlay videos (H.264 with PyAV installed, else mp4v) and overlay PNGs",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results of an earlier run in --out as a whole (default: refuse; another --out keeps both)",
+    )
+    g.add_argument("--quiet", action="store_true", help="no progress bar or reports (warnings and errors stay)")
+    g.add_argument(
+        "--ignore-exif",
+        dest="apply_exif",
+        action="store_false",
+        help="photos: use the stored pixels, not turned by their EXIF orientation",
+    )
 
     g = p.add_argument_group("keypoint series (videos)")
     g.add_argument("--min-score", type=float, default=0.2, help="score threshold: quality report, masking")
@@ -117,6 +141,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         regions=regions,
         outputs=_outputs(args),
         min_box_score=args.min_box_score,
+        series=series,
+        overwrite=args.overwrite,
     )
     subject = SubjectSettings(min_score=args.min_score, reseed_below=args.reseed_below, passes=args.seed_passes)
     predictor = Predictor.load(
@@ -128,15 +154,27 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         subject=subject,
         min_box_score=args.min_box_score,
         progress=not args.quiet,
+        apply_exif=args.apply_exif,
     )
     report = None if args.quiet else print
-    predictor.run(
+    summary = predictor.run(
         plan,
         series=series,
         command=[PROG, *argv],
         report=report,
     )
-    return 0
+    if summary.exit_status:
+        failed, incomplete = len(summary.failed), len(summary.incomplete)
+        print(
+            f"{PROG}: {failed} input(s) failed or skipped, {incomplete} incomplete; the others are done "
+            f"(see {plan.out_dir}/aggpose-predict.json); exit status {summary.exit_status}",
+            file=sys.stderr,
+        )
+    return summary.exit_status
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    print(f"{PROG}: warning: {one_line(str(message))}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -148,12 +186,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("absl", "orbax", "jax._src.xla_bridge"):
         logging.getLogger(name).setLevel(logging.ERROR)
     try:
-        return run(args, argv)
+        # FFmpeg's, OpenCV's and XLA's own lines stay off the console (the run saves them beside the results).
+        with NativeLog(), warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.showwarning = _one_line_warning
+            return run(args, argv)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted (results written so far are kept)", file=sys.stderr)
         return 130
     except (ValueError, OSError, RuntimeError) as err:
-        print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
+        for problem in getattr(err, "problems", None) or [err]:
+            print(f"{PROG}: error: {one_line(problem)}", file=sys.stderr)
         return 2
 
 

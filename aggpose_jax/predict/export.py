@@ -9,8 +9,9 @@ Writes the folder ``OUT``:
   platforms, versions and the model's provenance (checkpoint SHA-256).
 * ``run_exported.py``: the few lines that load and call it with jax alone (no aggpose_jax, no model code).
 
-The consumer needs ``jax``/``jaxlib`` of a compatible version (artifacts stay loadable by jax releases up
-to about 6 months newer; a jax more than ~3 weeks older than the exporter may refuse them).
+The consumer needs ``jax``/``jaxlib`` of a compatible version and the ``flatbuffers`` package, which jax
+reads the artifact with but does not install (artifacts stay loadable by jax releases up to about 6 months
+newer; a jax more than ~3 weeks older than the exporter may refuse them).
 """
 
 from __future__ import annotations

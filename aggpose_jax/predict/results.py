@@ -13,7 +13,9 @@ from aggpose_jax.predict.video import VideoInfo
 @dataclasses.dataclass
 class Record:
     """One subject in one frame or image: keypoints (J, 2) and scores (J,) (NaN / 0 without a box), the box
-    (x, y, w, h) it was cropped from (before the x1.25 padding), the box's score and where it came from."""
+    (x, y, w, h) it was cropped from (before the x1.25 padding), the box's score and where it came from;
+    ``identity_uncertain``: single-subject mode found a person far from where the subject was last seen
+    (the keypoints may be someone else's)."""
 
     frame: int
     time_s: float | None
@@ -23,6 +25,7 @@ class Record:
     box_source: str
     box_score: float = 1.0
     person: int = 0
+    identity_uncertain: bool = False
 
     @classmethod
     def empty(cls, frame: int, time_s: float | None, num_joints: int, person: int = 0) -> Record:
@@ -41,8 +44,10 @@ class Record:
 
 @dataclasses.dataclass
 class VideoPrediction:
-    """One video's predictions, frame by frame: ``times`` (T,) from the container, ``keypoints`` (T, J, 2)
-    in image pixels, ``scores`` (T, J), ``boxes`` (T, 4), ``box_scores`` (T,), ``box_sources`` (T,)."""
+    """One video's predictions, frame by frame: ``times`` (T,) from the container (its start included),
+    ``keypoints`` (T, J, 2) in image pixels, ``scores`` (T, J), ``boxes`` (T, 4), ``box_scores`` (T,),
+    ``box_sources`` (T,), ``identity_uncertain`` (T,) (see :class:`Record`). ``stats`` holds, among others,
+    ``decoding`` (whether every frame of the container was decoded, see ``VideoReader.completeness``)."""
 
     path: str
     info: VideoInfo
@@ -55,6 +60,7 @@ class VideoPrediction:
     box_scores: np.ndarray
     box_sources: np.ndarray
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+    identity_uncertain: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, bool))
 
     @classmethod
     def from_records(
@@ -73,13 +79,16 @@ class VideoPrediction:
             box_scores=np.array([r.box_score for r in records], np.float64),
             box_sources=np.array([r.box_source for r in records], dtype="<U6"),
             stats=dict(stats),
+            identity_uncertain=np.array([r.identity_uncertain for r in records], bool),
         )
 
 
 @dataclasses.dataclass
 class ImagePrediction:
     """One image's people: ``keypoints`` (P, J, 2), ``scores`` (P, J), ``boxes`` (P, 4), ``box_scores`` (P,),
-    ``box_sources`` (P,). P = 0 when no box was given for it."""
+    ``box_sources`` (P,). P = 0 when no box was given for it. Coordinates are in the picture as displayed:
+    ``exif_orientation`` is the file's EXIF orientation (None: none), ``orientation_applied`` whether the
+    image was turned by it before prediction."""
 
     path: str
     keypoints: np.ndarray
@@ -87,12 +96,23 @@ class ImagePrediction:
     boxes: np.ndarray
     box_scores: np.ndarray
     box_sources: list[str]
+    exif_orientation: int | None = None
+    orientation_applied: bool = False
 
     @classmethod
-    def from_records(cls, path: str, records: list[Record], num_joints: int) -> ImagePrediction:
+    def from_records(
+        cls,
+        path: str,
+        records: list[Record],
+        num_joints: int,
+        exif_orientation: int | None = None,
+        orientation_applied: bool = False,
+    ) -> ImagePrediction:
         people = [r for r in records if r.box_source != "none"]
+        turned = {"exif_orientation": exif_orientation, "orientation_applied": orientation_applied}
         if not people:
-            return cls(path, np.zeros((0, num_joints, 2)), np.zeros((0, num_joints)), np.zeros((0, 4)), np.zeros(0), [])
+            empty = (np.zeros((0, num_joints, 2)), np.zeros((0, num_joints)), np.zeros((0, 4)), np.zeros(0), [])
+            return cls(path, *empty, **turned)
         return cls(
             path,
             np.stack([r.keypoints for r in people]).astype(np.float64),
@@ -100,6 +120,7 @@ class ImagePrediction:
             np.stack([r.box for r in people]).astype(np.float64),
             np.array([r.box_score for r in people], np.float64),
             [r.box_source for r in people],
+            **turned,
         )
 
 

@@ -7,6 +7,14 @@ previous one (DARK) and writes its results while the model runs. In single-subje
 frames is cropped with the box of the last frame of the batch before (see :mod:`.subject`); only the
 cheap crop waits for the model there, reading still runs ahead.
 
+A run (:meth:`Predictor.run`) checks everything it can before the model runs (:func:`plan_run`: the inputs,
+the boxes files against each video's frames, the smoothing against each video's frame rate, the output
+folder and earlier results in it), then processes every input it can: an input that cannot be processed
+(an unreadable video, an undecodable image, an image with several people and no boxes) is reported and
+skipped, the others are done (:attr:`RunSummary.exit_status` is then :data:`EXIT_PARTIAL`). What the run
+should tell a user is a :class:`PredictionWarning` (one line each): an incomplete video, frames whose
+subject identity is uncertain, several people at the start of a single-subject video, a skipped input.
+
 :class:`Predictor` is the Python API; ``aggpose-predict`` (:mod:`.cli`) calls :meth:`Predictor.run`.
 """
 
@@ -14,28 +22,36 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from aggpose_jax.predict import provenance
 from aggpose_jax.predict.batching import Batcher, Item, Prefetch, Timings
 from aggpose_jax.predict.boxes import Box, BoxesError, BoxesFile, BoxPlan
 from aggpose_jax.predict.engine import CropEngine
+from aggpose_jax.predict.images import read_image
 from aggpose_jax.predict.model import LoadedModel, load_model
 from aggpose_jax.predict.outputs import (
     DEFAULT_OUTPUTS,
+    LOG_FILE,
     OUTPUT_KINDS,
     ImageOutputs,
     OutputError,
+    RunManifest,
     VideoOutputs,
     check_out_dir,
+    earlier_results,
+    frame_ranges,
+    overlay_codec,
+    planned_files,
     unique_stems,
 )
 from aggpose_jax.predict.progress import Progress
@@ -43,24 +59,36 @@ from aggpose_jax.predict.results import ImagePrediction, Record, VideoPrediction
 from aggpose_jax.predict.sequences import format_quality_report
 from aggpose_jax.predict.series import SeriesSettings
 from aggpose_jax.predict.subject import Follower, SeveralPeopleError, SubjectSettings, seed, several_people
-from aggpose_jax.predict.video import VideoError, VideoInfo, VideoReader, is_image, is_video, list_inputs
+from aggpose_jax.predict.video import NativeLog, VideoError, VideoInfo, VideoReader, is_image, is_video, list_inputs
+
+EXIT_PARTIAL = 3  # a run that finished, but some inputs failed, were skipped or are incomplete
+SEVERAL_PEOPLE = "the image shows several people; give their boxes (--boxes FILE)"
 
 
-def _read_image(path: str) -> np.ndarray | None:
-    """BGR uint8 image, or None when it cannot be read or decoded (EXIF orientation ignored, as in training)."""
-    try:
-        data = np.fromfile(path, np.uint8)
-    except OSError:
-        return None
-    if data.size == 0:
-        return None
-    try:
-        img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    except cv2.error:
-        return None
-    if img is None or img.ndim != 3 or img.shape[0] == 0 or img.shape[1] == 0:
-        return None
-    return img
+class PredictionWarning(UserWarning):
+    """Something a user of the results must know (one line, naming the input): an incomplete video, frames
+    whose subject identity is uncertain, a skipped input."""
+
+
+class PlanError(ValueError):
+    """Problems found before the model runs, one line each (``problems``)."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = [str(p) for p in problems]
+        super().__init__("\n".join(self.problems))
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, PredictionWarning, stacklevel=3)
+
+
+def _spans(ranges: list[dict[str, Any]], most: int = 3) -> str:
+    def one(r: dict[str, Any]) -> str:
+        frames = f"{r['start_frame']}" if r["start_frame"] == r["end_frame"] else f"{r['start_frame']}-{r['end_frame']}"
+        return f"{frames} ({r['start_s']:.2f}-{r['end_s']:.2f} s)"
+
+    text = ", ".join(one(r) for r in ranges[:most])
+    return text + (f" and {len(ranges) - most} more" if len(ranges) > most else "")
 
 
 def _as_boxes(boxes: Any, where: str) -> list[Box]:
@@ -80,7 +108,9 @@ def _as_boxes(boxes: Any, where: str) -> list[Box]:
 @dataclasses.dataclass
 class RunPlan:
     """The checked inputs of a run: images and videos (in order), each video's container info, the boxes,
-    the output folder (writable) and kinds, and a distinct output stem per input."""
+    the output folder (writable) and kinds, a distinct output stem per input, the inputs that cannot be
+    processed (``failed``: path -> reason, reported and skipped) and the earlier run's files that the run
+    replaces (``replace``, with ``overwrite``)."""
 
     out_dir: str
     images: list[Path]
@@ -89,6 +119,8 @@ class RunPlan:
     boxes: BoxPlan
     outputs: list[str]
     stems: dict[Path, str]
+    failed: dict[Path, str] = dataclasses.field(default_factory=dict)
+    replace: list[str] = dataclasses.field(default_factory=list)
 
 
 def plan_run(
@@ -99,10 +131,16 @@ def plan_run(
     regions: dict[str | None, tuple[float, float, float, float]] | None = None,
     outputs: Sequence[str] = DEFAULT_OUTPUTS,
     min_box_score: float = 0.0,
+    series: SeriesSettings | None = None,
+    overwrite: bool = False,
 ) -> RunPlan:
-    """Check what can be checked before the model runs: the inputs exist and have known extensions, every
-    video opens and has a frame, the boxes files parse and fit the videos (as far as the container's
-    frame count tells), the output kinds exist and the output folder is writable. Raises one error."""
+    """Check what can be checked before the model runs, and raise :class:`PlanError` with every problem
+    found (one line each): the inputs exist and have known extensions; the boxes files parse and name only
+    frames the videos have (counted exactly when the container's count cannot tell); the smoothing can run
+    at each video's frame rate; the output kinds exist, the folder is writable and holds no earlier results
+    (unless ``overwrite``: they are then replaced as a whole, see :func:`earlier_results`). A video that
+    cannot be opened is not a problem of the call: it is listed in ``failed`` and skipped (unless no input
+    is left)."""
     bad = [k for k in outputs if k not in OUTPUT_KINDS]
     if bad:
         raise OutputError(f"unknown output {bad[0]!r}; choose from {', '.join(OUTPUT_KINDS)}")
@@ -111,29 +149,84 @@ def plan_run(
     videos = [p for p in paths if is_video(p)]
     plan = BoxPlan(boxes, regions, min_box_score)
     plan.check_inputs(paths, videos)
+    problems: list[str] = []
+    failed: dict[Path, str] = {}
     infos: dict[Path, VideoInfo] = {}
     for v in videos:
-        with VideoReader(v) as reader:
-            infos[v] = reader.info
-        file = plan.file_for(v)
-        if file is not None:
-            file.check_frame_keys()
-            count = infos[v].frame_count
-            if count and file.max_frame() >= count + max(2, count // 50):
-                file.check_frames_within(count, str(v))
+        try:
+            with VideoReader(v) as reader:
+                infos[v] = info = reader.info
+                file = plan.file_for(v)
+                if file is not None:
+                    _check_boxes_file(file, reader)
+        except VideoError as err:
+            failed[v] = str(err)
+            continue
+        except BoxesError as err:
+            problems.append(str(err))
+        if series is not None:
+            try:
+                series.check_at(info.fps, str(v))
+            except ValueError as err:
+                problems.append(str(err))
+    if problems:
+        raise PlanError(problems)
+    if paths and len(failed) == len(paths):
+        raise PlanError(list(failed.values()))
     out = check_out_dir(out_dir)
-    return RunPlan(out, images, videos, infos, plan, list(outputs), unique_stems(paths))
+    stems = unique_stems(paths)
+    live = [v for v in videos if v not in failed]
+    planned = planned_files(out, stems, live, images, outputs)
+    folders = [p for p in planned if os.path.isdir(p)]
+    if folders:
+        raise PlanError([f"{p}: a folder is in the way of an output file" for p in folders])
+    earlier = earlier_results(out)
+    in_the_way = sorted(set(earlier) | {p for p in planned if os.path.exists(p)})
+    if in_the_way and not overwrite:
+        names = ", ".join(os.path.basename(p) for p in in_the_way[:3]) + (", ..." if len(in_the_way) > 3 else "")
+        raise PlanError(
+            [
+                f"{out}: holds the results of an earlier run ({len(in_the_way)} files: {names}); give another "
+                "--out to keep both, or --overwrite to replace that run's files"
+            ]
+        )
+    used = {os.path.abspath(p) for p in paths}
+    clash = [p for p in in_the_way if os.path.abspath(p) in used]
+    if clash:
+        raise PlanError([f"{clash[0]}: an input is a file of the earlier run that --overwrite would replace"])
+    return RunPlan(out, images, videos, infos, plan, list(outputs), stems, failed, in_the_way)
+
+
+def _check_boxes_file(file: BoxesFile, reader: VideoReader) -> None:
+    """A video's boxes file names frame indices the video has: against the container's frame count, and
+    when the file reaches that count, against the frames counted exactly."""
+    file.check_frame_keys()
+    count = reader.info.frame_count
+    last = file.max_frame()
+    if not count or last < count:
+        return
+    if last < count + max(2, count // 50):  # within what an estimated count may be off by: count exactly
+        count = reader.count_frames()
+    file.check_frames_within(count, reader.path)
 
 
 @dataclasses.dataclass
 class RunSummary:
-    """What :meth:`Predictor.run` did: per input a dict (name, kind, stem, files, stats, quality)."""
+    """What :meth:`Predictor.run` did: per input a dict (name, kind, stem, files, stats, quality), the
+    inputs that failed (``{path, reason}``, skipped images included) and the videos decoded incompletely."""
 
     out_dir: str
     inputs: list[dict[str, Any]]
     images_predicted: int
     images_skipped: list[dict[str, str]]
     timings: Timings
+    failed: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    incomplete: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def exit_status(self) -> int:
+        """0 when every input was processed completely, else :data:`EXIT_PARTIAL` (3)."""
+        return EXIT_PARTIAL if (self.failed or self.incomplete) else 0
 
 
 class Predictor:
@@ -146,6 +239,8 @@ class Predictor:
       batch_size: crops per model call (default: 4 on CPU, 16 on accelerators). subject: single-subject
         mode settings. min_box_score: boxes-file
         boxes below it are ignored. progress: show a progress bar on stderr.
+      apply_exif: turn photos as their EXIF orientation says (keypoints in the picture as displayed);
+        False: use the stored pixels as they are.
 
     ``Predictor.load(path, ...)`` loads any checkpoint kind first (see ``load_model``).
     """
@@ -161,6 +256,7 @@ class Predictor:
         subject: SubjectSettings | None = None,
         min_box_score: float = 0.0,
         progress: bool = False,
+        apply_exif: bool = True,
     ):
         if isinstance(model, LoadedModel):
             self.loaded = model
@@ -175,6 +271,7 @@ class Predictor:
         self.subject = subject or SubjectSettings()
         self.min_box_score = float(min_box_score)
         self.progress = progress
+        self.apply_exif = bool(apply_exif)
         self.timings = Timings()
 
     @classmethod
@@ -209,6 +306,7 @@ class Predictor:
             "box_padding": self.subject.padding,
             "min_box_score": self.min_box_score,
             "single_subject": dataclasses.asdict(self.subject),
+            "apply_exif_orientation": self.apply_exif,
         }
 
     # ------------------------------------------------------------------ videos
@@ -256,22 +354,25 @@ class Predictor:
         return boxes_for
 
     def _predict_video(self, reader: VideoReader, file: BoxesFile | None, region: Box | None, sink: Any) -> dict:
-        """Run one opened video into ``sink.add(record, frame)``; returns its stats."""
+        """Run one opened video into ``sink.add(record, frame)``; returns its stats (``decoding``: whether
+        every frame was decoded; ``identity_uncertain``: the frames flagged). Warns (one line each) about
+        an incomplete video, frames of uncertain identity and several people at the start."""
         info = reader.info
-        if file is not None:
-            file.check_frame_keys()
-            if info.frame_count and file.max_frame() >= info.frame_count + max(2, info.frame_count // 50):
-                file.check_frames_within(info.frame_count, info.path)
+        name = os.path.basename(info.path)
+        if file is not None:  # before the model runs (plan_run has done it for a run)
+            _check_boxes_file(file, reader)
         timings = Timings()
         stats: dict[str, Any] = {"boxes_ignored": 0, "reseeds": 0, "several_people_frames": 0}
-        bar = Progress(os.path.basename(info.path), info.frame_count, enabled=self.progress)
+        bar = Progress(name, info.frame_count, enabled=self.progress)
         wait0 = self.engine.wait_s
         calls0, crops0 = self.engine.calls, self.engine.crops_run
         t_start = time.perf_counter()
+        flags: list[tuple[int, float, bool]] = []
 
         def emit(rec: Record, frame: np.ndarray | None) -> None:
             t0 = time.perf_counter()
             sink.add(rec, frame)
+            flags.append((rec.frame, rec.time_s, rec.identity_uncertain))
             timings.write_s += time.perf_counter() - t0
             timings.frames += 1
             bar.update()
@@ -289,7 +390,46 @@ class Predictor:
         timings.model_calls = self.engine.calls - calls0
         timings.crops = self.engine.crops_run - crops0
         self.timings.add(timings)
-        stats.update(n_frames=timings.frames, repaired_times=reader.repaired_times, timings=timings.as_dict())
+        decoding = reader.completeness()
+        frames = [f for f, _, _ in flags]
+        times = np.array([t for _, t, _ in flags], np.float64)
+        uncertain = np.array([u for _, _, u in flags], bool)
+        ranges = frame_ranges(frames, times, uncertain)
+        stats.update(
+            n_frames=timings.frames,
+            repaired_times=reader.repaired_times,
+            timings=timings.as_dict(),
+            decoding=decoding,
+            identity_uncertain={"frames": int(uncertain.sum()), "ranges": ranges},
+        )
+        if not decoding["complete"]:
+            until = decoding["decoded_until_s"] or 0.0
+            of = f" of {decoding['duration_container_s']:.2f} s" if decoding["duration_container_s"] else ""
+            messages = decoding["decoder_messages"]
+            _warn(
+                f"{name}: incomplete: {decoding['frames_decoded']} of the container's "
+                f"{decoding['frame_count_container']} frames decoded (up to {until:.2f} s{of})"
+                + (f", {messages} decoder errors" if messages else "")
+                + "; the results hold the decoded frames and say complete: false"
+            )
+        elif decoding["decoder_messages"]:
+            _warn(
+                f"{name}: the decoder reported {decoding['decoder_messages']} errors (all "
+                f"{decoding['frames_decoded']} frames decoded; some may be damaged; see {LOG_FILE})"
+            )
+        if ranges:
+            _warn(
+                f"{name}: identity uncertain in frames {_spans(ranges)}: the subject was not found where it was "
+                "last seen but another person was; those keypoints may be theirs, flagged identity_uncertain "
+                "and not counted as valid"
+            )
+        crowd = stats.get("several_people_at_start")
+        if crowd is not None:
+            x, y, w, h = crowd["box"]
+            _warn(
+                f"{name}: frame {crowd['frame']} shows several people; following the most confident one "
+                f"(box {x:.0f},{y:.0f},{w:.0f},{h:.0f}); give --region or --boxes to choose another"
+            )
         return stats
 
     def _video_static(self, reader: VideoReader, boxes_for: Callable, emit: Callable, timings: Timings) -> None:
@@ -328,7 +468,6 @@ class Predictor:
         buffer: collections.deque[tuple[int, float, np.ndarray]] = collections.deque()
         exhausted = False
         pending: tuple | None = None  # the previous batch, decoded while the next one runs
-        first_seed = True
 
         def decode_emit(batch: tuple) -> None:
             chunk, heatmaps, centers, scales, box = batch
@@ -353,19 +492,19 @@ class Predictor:
                         pending = None
                     chunk = [buffer.popleft() for _ in range(len(buffer))]
                     t0, w0 = time.perf_counter(), engine.wait_s
-                    found = seed(engine, [img for _, _, img in chunk], settings)
+                    found = seed(engine, [img for _, _, img in chunk], settings, anchor=follower.anchor)
                     timings.seed_s += time.perf_counter() - t0 - (engine.wait_s - w0)
                     for k, (index, t, img) in enumerate(chunk):
                         crowd = several_people(found, k)
-                        if crowd and first_seed:
-                            raise SeveralPeopleError(
-                                f"{reader.path}: frame {index} shows several people; single-subject mode needs "
-                                "one: give boxes (--boxes) or a region (--region)"
-                            )
+                        if crowd and follower.anchor is None and "several_people_at_start" not in stats:
+                            stats["several_people_at_start"] = {"frame": index, "box": found.boxes[k].tolist()}
                         stats["several_people_frames"] += int(crowd)
-                        emit(Record(index, t, found.keypoints[k], found.scores[k], found.boxes[k], "seed"), img)
-                    first_seed = False
-                    follower.update(found.keypoints[-1], found.scores[-1])
+                        uncertain = bool(found.uncertain[k])
+                        rec = Record(index, t, found.keypoints[k], found.scores[k], found.boxes[k], "seed")
+                        rec.identity_uncertain = uncertain
+                        emit(rec, img)
+                    last = chunk[-1][1]
+                    follower.seeded(found.keypoints[-1], found.scores[-1], bool(found.uncertain[-1]), last)
                     continue
                 chunk = [buffer.popleft() for _ in range(min(engine.batch_size, len(buffer)))]
                 box = follower.box
@@ -382,11 +521,10 @@ class Predictor:
                 if not confident.all():
                     keep = int(np.argmin(confident)) + 1  # up to and including the first unconfident frame
                     buffer.extendleft(reversed(chunk[keep:]))
-                    follower.box = None
-                    follower.reseeds += 1
+                    follower.lose()
                 else:
                     kp, sc = engine.decode_heatmaps(heatmaps[-1:], centers[-1:], scales[-1:])
-                    follower.update(kp[0], sc[0])
+                    follower.update(kp[0], sc[0], chunk[-1][1])
                 pending = (chunk[:keep], heatmaps[:keep], centers[:keep], scales[:keep], box)
             if pending is not None:
                 decode_emit(pending)
@@ -398,22 +536,29 @@ class Predictor:
 
     def image(self, image: str | os.PathLike[str] | np.ndarray, *, boxes: Any = None) -> ImagePrediction:
         """Predict one image (a path, or an RGB uint8 array): the single subject, or one person per box
-        ((x, y, w, h[, score]) sequences or ``Box`` objects)."""
+        ((x, y, w, h[, score]) sequences or ``Box`` objects, in the picture as displayed). Returns one
+        :class:`ImagePrediction` (its people along the first axis). A file is turned by its EXIF
+        orientation unless the predictor was made with ``apply_exif=False``. Without boxes, an image
+        showing several people raises :class:`SeveralPeopleError`."""
+        orientation = None
         if isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[2] != 3:
                 raise ValueError(f"image: expected an (H, W, 3) RGB array, got shape {image.shape}")
             bgr, path = np.ascontiguousarray(image[:, :, ::-1].astype(np.uint8)), "<array>"
         else:
             path = os.fspath(image)
-            bgr = _read_image(path)
+            bgr, orientation = read_image(path, apply_exif=self.apply_exif)
             if bgr is None:
                 raise VideoError(f"{path}: cannot read or decode the image")
         records: list[Record] = []
         given = None if boxes is None else _as_boxes(boxes, path)
         item = Item(0, None, bgr, given or [], None, path=path)
         for done in self._images([item], given is not None, Timings()):
+            if done.error == SEVERAL_PEOPLE:
+                raise SeveralPeopleError(f"{path}: {SEVERAL_PEOPLE}")
             records = self._image_records(done)
-        return ImagePrediction.from_records(path, records, self.num_joints)
+        applied = self.apply_exif and orientation not in (None, 1)
+        return ImagePrediction.from_records(path, records, self.num_joints, orientation, applied)
 
     def _image_records(self, item: Item) -> list[Record]:
         if not item.boxes:
@@ -425,7 +570,7 @@ class Predictor:
 
     def _images(self, items: Iterator[Item] | list[Item], with_boxes: bool, timings: Timings) -> Iterator[Item]:
         """Finished image items, in order. With boxes: batched crops; without: single subject, seeded in
-        batches, refusing images with several people."""
+        batches; an image with several people gets the error :data:`SEVERAL_PEOPLE` (no keypoints)."""
         engine = self.engine
         if with_boxes:
             batcher = Batcher(engine, timings)
@@ -450,9 +595,8 @@ class Predictor:
                 timings.seed_s += time.perf_counter() - t0 - (engine.wait_s - w0)
                 for k, it in enumerate(ok):
                     if several_people(found, k):
-                        raise SeveralPeopleError(
-                            f"{it.path}: the image shows several people; give their boxes (--boxes FILE)"
-                        )
+                        it.error = SEVERAL_PEOPLE
+                        continue
                     it.boxes = [Box(tuple(float(v) for v in found.boxes[k]), 1.0, "seed")]
                     it.keypoints, it.scores = found.keypoints[k : k + 1], found.scores[k : k + 1]
             return batch
@@ -478,22 +622,34 @@ class Predictor:
         series: SeriesSettings | None = None,
         command: Sequence[str] | None = None,
         report: Callable[[str], None] | None = print,
+        overwrite: bool = False,
     ) -> RunSummary:
         """Predict images, folders and videos into result files under ``out_dir`` (see ``outputs``).
 
         ``inputs`` may also be a :class:`RunPlan` (from :func:`plan_run`, which checks everything that can
-        be checked before the model runs). ``report`` receives the per-video quality reports and summary
-        lines (None: quiet).
+        be checked before the model runs). A folder holding an earlier run's results is refused
+        (:class:`PlanError`) unless ``overwrite``: then that run's files are removed first, as a whole.
+        An input that cannot be processed is skipped and listed in ``RunSummary.failed`` (and in
+        ``aggpose-predict.json``); ``RunSummary.exit_status`` is then 3. ``report`` receives the
+        per-video quality reports and summary lines (None: quiet); warnings are
+        :class:`PredictionWarning`. What FFmpeg and OpenCV print goes to ``aggpose-predict.log``.
         """
+        series = series or SeriesSettings(min_score=self.subject.min_score)
         if isinstance(inputs, RunPlan):
             plan = inputs
         else:
             if out_dir is None:
                 raise ValueError("run: out_dir is required")
             plan = plan_run(
-                inputs, out_dir, boxes=boxes, regions=regions, outputs=outputs, min_box_score=self.min_box_score
+                inputs,
+                out_dir,
+                boxes=boxes,
+                regions=regions,
+                outputs=outputs,
+                min_box_score=self.min_box_score,
+                series=series,
+                overwrite=overwrite,
             )
-        series = series or SeriesSettings(min_score=self.subject.min_score)
         if series.keypoint_format == "openpose18" and self.keypoint_set.name != "coco":
             raise ValueError("keypoint format 'openpose18' needs a COCO-17 model")
         header = {
@@ -510,17 +666,81 @@ class Predictor:
             "series": series.to_dict(),
         }
         summary = RunSummary(plan.out_dir, [], 0, [], self.timings)
-        t0 = time.perf_counter()
-        self.engine.warm_up()  # compile once, before any input (kept out of the per-input timings)
-        self.timings.compile_s += time.perf_counter() - t0
-        if report:
-            model = self.loaded.description.get("path", "the model")
-            report(f"model {model}: compiled in {time.perf_counter() - t0:.1f} s")
-        if plan.images:
-            self._run_images(plan, header, series, summary, report)
-        for v in plan.videos:
-            self._run_video(v, plan, header, series, summary, report)
+        with NativeLog() as native:
+            self._run_planned(plan, header, series, summary, report, native)
         return summary
+
+    def _run_planned(
+        self,
+        plan: RunPlan,
+        header: dict[str, Any],
+        series: SeriesSettings,
+        summary: RunSummary,
+        report: Callable[[str], None] | None,
+        native: NativeLog,
+    ) -> None:
+        out = plan.out_dir
+        for path in plan.replace:  # an earlier run's files, replaced as a whole (overwrite)
+            os.remove(path)
+        if plan.replace and report:
+            report(f"replaced the earlier run in {out} ({len(plan.replace)} files removed)")
+        entries = {
+            p: {"path": str(p), "kind": "video" if is_video(p) else "image", "stem": plan.stems[p], "status": "pending"}
+            for p in plan.images + plan.videos
+        }
+        for p, reason in plan.failed.items():
+            entries[p].update(status="failed", reason=reason)
+            summary.failed.append({"path": str(p), "reason": reason})
+            _warn(f"{p.name}: skipped: {reason}")
+        manifest = RunManifest(out, header, list(entries.values()))
+        if "video" in plan.outputs and plan.videos:
+            codec, note = overlay_codec()
+            manifest.extra["overlay_codec"] = codec
+            if note:
+                _warn(note)
+        complete = False
+        try:
+            t0 = time.perf_counter()
+            self.engine.warm_up()  # compile once, before any input (kept out of the per-input timings)
+            compile_s = time.perf_counter() - t0
+            self.timings.compile_s += compile_s
+            header["compile_s"] = round(compile_s, 3)
+            manifest.extra["compile_s"] = header["compile_s"]
+            if report:
+                model = self.loaded.description.get("path", "the model")
+                report(f"model {model}: compiled in {compile_s:.1f} s")
+            if plan.images:
+                self._run_images(plan, header, series, summary, report, entries, manifest)
+            for v in plan.videos:
+                if v in plan.failed:
+                    continue
+                try:
+                    self._run_video(v, plan, header, series, summary, report, entries[v], manifest)
+                except OutputError:
+                    raise  # a full disk or a lost folder: nothing further can be written
+                except (VideoError, BoxesError, ValueError) as err:  # this input only
+                    reason = str(err)
+                    entries[v].update(status="failed", reason=reason)
+                    summary.failed.append({"path": str(v), "reason": reason})
+                    _warn(f"{v.name}: failed: {reason}")
+                manifest.write(complete=False)
+            complete = True
+        finally:
+            try:
+                if native.save(os.path.join(out, LOG_FILE)):
+                    manifest.add_files([LOG_FILE])
+                manifest.extra["exit_status"] = summary.exit_status if complete else None
+                manifest.extra["failed"] = len(summary.failed)
+                manifest.extra["incomplete"] = len(summary.incomplete)
+                manifest.write(complete=complete)
+            except (OSError, OutputError):
+                if complete:
+                    raise
+                # else the error that stopped the run is the one to report (e.g. the first write to a full disk)
+        if report and (summary.failed or summary.incomplete):
+            parts = [f"{len(summary.failed)} failed or skipped"] if summary.failed else []
+            parts += [f"{len(summary.incomplete)} incomplete"] if summary.incomplete else []
+            report(f"not all inputs were processed completely: {', '.join(parts)} (see {manifest.path})")
 
     def _run_images(
         self,
@@ -529,6 +749,8 @@ class Predictor:
         series: SeriesSettings,
         summary: RunSummary,
         report: Callable[[str], None] | None,
+        entries: dict[Path, dict[str, Any]],
+        manifest: RunManifest,
     ) -> None:
         kset, images, stems, plan, out, outputs = (
             self.keypoint_set,
@@ -539,6 +761,7 @@ class Predictor:
             run.outputs,
         )
         sink = ImageOutputs(out, kset.names, kset.skeleton, outputs, header, series.min_score)
+        manifest.add_files(sink.files.values())
         timings = Timings()
         with_boxes = plan.mode != "single_subject"
         engine = self.engine
@@ -555,11 +778,11 @@ class Predictor:
 
         def produce() -> Iterator[Item]:
             for i, p in enumerate(images):
-                img = _read_image(str(p))
+                img, orientation = read_image(str(p), apply_exif=self.apply_exif)
                 if img is None:
                     yield Item(i, None, None, path=str(p), error="cannot read or decode the image")
                     continue
-                yield Item(i, None, img, boxes_of(p), path=str(p))
+                yield Item(i, None, img, boxes_of(p), path=str(p), exif=orientation)
 
         def prepare(item: Item) -> Item:
             if item.error is None and item.boxes:
@@ -571,12 +794,19 @@ class Predictor:
         try:
             for item in self._images(iter(prefetch), with_boxes, timings):
                 t0 = time.perf_counter()
+                entry = entries[Path(item.path)]
                 if item.error is not None:
                     sink.skip(item.path, item.error)
-                    if report:
-                        report(f"skipped {item.path}: {item.error}")
+                    entry.update(status="skipped", reason=item.error)
+                    summary.failed.append({"path": item.path, "reason": item.error})
+                    _warn(f"{os.path.basename(item.path)}: skipped: {item.error}")
                 else:
-                    sink.add(item.path, stems[Path(item.path)], item.frame, self._image_records(item))
+                    turned = {
+                        "exif_orientation": item.exif,
+                        "orientation_applied": self.apply_exif and item.exif not in (None, 1),
+                    }
+                    sink.add(item.path, stems[Path(item.path)], item.frame, self._image_records(item), turned)
+                    entry.update(status="done", **turned)
                     timings.frames += 1
                 timings.write_s += time.perf_counter() - t0
                 bar.update()
@@ -585,6 +815,7 @@ class Predictor:
             prefetch.close()
             bar.close()
             sink.finish(complete)  # what was done is written either way
+            manifest.add_files(sink.pngs)
         timings.wall_s = time.perf_counter() - t_start
         timings.model_wait_s = engine.wait_s - wait0
         timings.model_calls, timings.crops = engine.calls - calls0, engine.crops_run - crops0
@@ -593,10 +824,7 @@ class Predictor:
         summary.images_skipped = list(sink.skipped)
         summary.inputs.append({"kind": "images", "count": len(images), "files": dict(sink.files)})
         if report:
-            report(
-                f"images: {len(sink.done)} predicted, {len(sink.skipped)} skipped (unreadable), "
-                f"{len(sink.coco)} people -> {out}"
-            )
+            report(f"images: {len(sink.done)} predicted, {len(sink.skipped)} skipped, {len(sink.coco)} people -> {out}")
 
     def _run_video(
         self,
@@ -606,6 +834,8 @@ class Predictor:
         series: SeriesSettings,
         summary: RunSummary,
         report: Callable[[str], None] | None,
+        entry: dict[str, Any],
+        manifest: RunManifest,
     ) -> None:
         kset, stem, plan, out, outputs = self.keypoint_set, run.stems[path], run.boxes, run.out_dir, run.outputs
         reader = VideoReader(path)
@@ -615,20 +845,42 @@ class Predictor:
             file = plan.file_for(path)
             if file is not None:
                 head["boxes"] = dict(header["boxes"], file=file.path, file_sha256=provenance.sha256_file(file.path))
-            sink = VideoOutputs(out, stem, str(path), reader.info, kset.names, kset.skeleton, outputs, head, series)
+            try:
+                sink = VideoOutputs(out, stem, str(path), reader.info, kset.names, kset.skeleton, outputs, head, series)
+            except BaseException:
+                reader.close()
+                raise
+            manifest.add_files(sink.files.values())
+            manifest.write(complete=False)
             region = plan.region_for(path) if plan.mode == "region" else None
             try:
                 stats = self._predict_video(reader, file, None if region is None else Box(region, 1.0, "region"), sink)
             except BaseException:
-                sink.close()
+                with contextlib.suppress(OSError, OutputError):  # the first error is the one to report
+                    sink.close()
                 raise
             head["video"]["sha256"] = video_hash.result()
-        series_out = sink.finish(stats)
-        if file is not None:  # after the results are written: they stay, the error names the mismatch
-            file.check_frames_within(stats["n_frames"], str(path))
-        entry = {"kind": "video", "path": str(path), "stem": stem, "files": dict(sink.files), "stats": stats}
-        entry["quality"] = series_out.quality
-        summary.inputs.append(entry)
+        stats["timings"]["compile_s"] = header.get("compile_s", 0.0)  # the run's, done before its first input
+        try:
+            if file is not None:  # frames beyond the decoded ones: the boxes were not this video's
+                file.check_frames_within(stats["n_frames"], str(path))
+            series_out = sink.finish(stats)
+        except (BoxesError, ValueError) as err:
+            if isinstance(err, OutputError):
+                raise
+            sink.fail(str(err))
+            raise
+        entry.update(files=[os.path.basename(f) for f in sink.files.values()])
+        if stats["decoding"]["complete"]:
+            entry.update(status="done")
+        else:
+            entry.update(status="incomplete", reason=f"{stats['decoding']['frames_missing']} frames not decoded")
+            summary.incomplete.append(str(path))
+        if stats["identity_uncertain"]["frames"]:
+            entry["identity_uncertain_frames"] = stats["identity_uncertain"]["frames"]
+        result = {"kind": "video", "path": str(path), "stem": stem, "files": dict(sink.files), "stats": stats}
+        result["quality"] = series_out.quality
+        summary.inputs.append(result)
         if report:
             t = stats["timings"]
             report(
@@ -644,4 +896,13 @@ def sink_sources(sink: VideoOutputs) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
 
 
-__all__ = ["Predictor", "RunPlan", "RunSummary", "Timings", "plan_run"]
+__all__ = [
+    "EXIT_PARTIAL",
+    "PlanError",
+    "PredictionWarning",
+    "Predictor",
+    "RunPlan",
+    "RunSummary",
+    "Timings",
+    "plan_run",
+]

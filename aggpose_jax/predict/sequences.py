@@ -375,6 +375,16 @@ def check_smoothing(method: str, params: Mapping[str, Any]) -> None:
     _smoothing_function(method)(np.zeros((1, 1)), np.zeros(1), **params)
 
 
+def check_smoothing_at(method: str, params: Mapping[str, Any], fps: float) -> None:
+    """Raise ValueError when ``method`` with ``params`` cannot run at ``fps`` (e.g. a Butterworth cutoff at or
+    above half the frame rate, a Savitzky-Golay window of too few samples), before any data is computed."""
+    check_smoothing(method, params)
+    if not (math.isfinite(fps) and fps > 0):
+        return
+    n = 64
+    _smoothing_function(method)(np.zeros((n, 1)), np.arange(n) / float(fps), **params)
+
+
 def smooth(xy: Any, times: Any, method: str, **params: Any) -> np.ndarray:
     """Smooth a keypoint series with one of :data:`SMOOTHING_METHODS`.
 
@@ -468,25 +478,27 @@ def quality_report(
     threshold: float,
     min_stretch_s: float = 1.0,
     joint_names: Sequence[str] | None = None,
+    exclude: Any = None,
 ) -> dict[str, Any]:
     """Summarise how usable a video's keypoints are; returns a JSON-serialisable dict.
 
-    A point is *valid* when its score is >= ``threshold`` (NaN scores are invalid); a frame is valid
-    when every joint is. Durations are measured between frame times: a usable stretch (a run of valid
-    frames) lasts from its first to its last frame's time and is listed when that is >= ``min_stretch_s``;
-    a gap (a run of invalid frames) lasts from the last valid frame before it to the first valid frame
-    after it (the measure :func:`interpolate_gaps` compares with ``max_gap_s``), or from / to the first /
-    last frame of the video when the gap touches an end (the whole video if no frame is valid).
+    A point is *valid* when its score is >= ``threshold`` (NaN scores are invalid) and its frame is not
+    in ``exclude`` ((T,) booleans: frames known to be unusable, e.g. another person's keypoints); a frame
+    is valid when every joint is. Durations are measured between frame times: a usable stretch (a run of
+    valid frames) lasts from its first to its last frame's time and is listed when that is
+    >= ``min_stretch_s``; a gap (a run of invalid frames) lasts from the last valid frame before it to the
+    first valid frame after it (the measure :func:`interpolate_gaps` compares with ``max_gap_s``), or from
+    / to the first / last frame of the video when the gap touches an end (the whole video if no frame is
+    valid).
 
     Keys: ``n_frames``, ``duration_s`` (last minus first time), ``median_fps`` (None for one frame),
     ``threshold``, ``min_stretch_s``, ``frames_all_valid_share``, ``points_valid_share``,
-    ``per_joint_share`` (list, joint order), ``joint_names`` (if given), ``longest_gap_frames`` (most
-    consecutive invalid frames), ``longest_gap_s`` (longest gap in time; with a variable frame rate it
-    may be another gap), ``longest_gap_start_s`` (time of that gap's first invalid frame; None without
-    a gap),
-    ``usable_stretches`` (list of dicts ``start_s``, ``end_s``, ``duration_s``, ``start_frame``,
-    ``end_frame`` (inclusive), ``n_frames``), ``usable_s`` (sum of their durations) and ``usable_share``
-    (``usable_s / duration_s``; 0 for a single frame).
+    ``per_joint_share`` (list, joint order), ``excluded_frames`` (frames of ``exclude``), ``joint_names``
+    (if given), ``longest_gap_frames`` (most consecutive invalid frames), ``longest_gap_s`` (longest gap
+    in time; with a variable frame rate it may be another gap), ``longest_gap_start_s`` (time of that
+    gap's first invalid frame; None without a gap), ``usable_stretches`` (list of dicts ``start_s``,
+    ``end_s``, ``duration_s``, ``start_frame``, ``end_frame`` (inclusive), ``n_frames``), ``usable_s``
+    (sum of their durations) and ``usable_share`` (``usable_s / duration_s``; 0 for a single frame).
     """
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 2 or s.shape[0] == 0:
@@ -498,6 +510,8 @@ def quality_report(
         raise ValueError(f"min_stretch_s must be >= 0, got {min_stretch_s}")
     n = s.shape[0]
     valid_points = s >= threshold
+    excluded = np.zeros(n, bool) if exclude is None else np.asarray(exclude, bool).reshape(n)
+    valid_points &= ~excluded[:, None]
     valid = valid_points.all(axis=1)
 
     longest_frames, longest_s, longest_start = 0, 0.0, None
@@ -534,6 +548,7 @@ def quality_report(
         "frames_all_valid_share": float(valid.mean()),
         "points_valid_share": float(valid_points.mean()),
         "per_joint_share": [float(v) for v in valid_points.mean(axis=0)],
+        "excluded_frames": int(excluded.sum()),
     }
     if joint_names is not None:
         report["joint_names"] = [str(name) for name in joint_names]
@@ -580,4 +595,21 @@ def format_quality_report(report: Mapping[str, Any], max_stretches: int = 5, wea
     names = report.get("joint_names") or [str(j) for j in range(len(shares))]
     order = sorted(range(len(shares)), key=lambda j: shares[j])[:weakest]
     lines.append("weakest joints: " + ", ".join(f"{names[j]} {100 * shares[j]:.1f} %" for j in order))
+    uncertain = report.get("identity_uncertain")
+    if uncertain and uncertain.get("frames"):
+        spans = ", ".join(f"{r['start_s']:.2f}-{r['end_s']:.2f} s" for r in uncertain["ranges"][:max_stretches])
+        more = len(uncertain["ranges"]) - max_stretches
+        spans += f", ... (+{more} more)" if more > 0 else ""
+        lines.append(
+            f"identity uncertain (a person far from the subject's last place): {uncertain['frames']} frames, "
+            f"not counted as valid: {spans}"
+        )
+    decoding = report.get("decoding")
+    if decoding and not decoding.get("complete", True):
+        lines.append(
+            f"INCOMPLETE: {decoding['frames_decoded']} of the container's {decoding['frame_count_container']} "
+            f"frames decoded ({decoding['frames_missing']} missing)"
+        )
+    if decoding and decoding.get("decoder_messages"):
+        lines.append(f"decoder messages: {decoding['decoder_messages']} (see the log beside the results)")
     return "\n".join(lines)

@@ -2,8 +2,9 @@
 normalisation and the quality report, as one settings object applied in a fixed order.
 
 Order: (1) convert the keypoint set (COCO-17 -> OpenPose-18 adds the Neck); (2) the quality report, on
-the raw scores; (3) when processing is on: joints scoring below ``min_score`` set to NaN and flagged,
-gaps up to ``max_gap_s`` interpolated, then the smoothing filter; (4) optionally the normalised series
+the raw scores (frames whose subject identity is uncertain count as invalid); (3) when processing is on:
+joints scoring below ``min_score`` and the frames of uncertain identity set to NaN and flagged, gaps up to
+``max_gap_s`` interpolated, then the smoothing filter; (4) optionally the normalised series
 (mid-hip centre, trunk length). The raw series is always kept beside the processed one. The functions
 are those of :mod:`aggpose_jax.predict.sequences`.
 """
@@ -101,6 +102,15 @@ class SeriesSettings:
         """Whether a processed series (masked, filled, smoothed) is produced beside the raw one."""
         return self.mask or self.max_gap_s > 0 or self.smooth is not None
 
+    def check_at(self, fps: float | None, where: str) -> None:
+        """Raise ValueError (one line naming ``where`` and the rate) when the smoothing cannot run at ``fps``."""
+        if self.smooth is None or not fps:
+            return
+        try:
+            sequences.check_smoothing_at(self.smooth, self.smooth_params, fps)
+        except ValueError as err:
+            raise ValueError(f"{where} ({fps:.3g} fps): {err}") from None
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["smooth_params"] = dict(self.smooth_params)
@@ -158,16 +168,27 @@ def process(
     names: Sequence[str],
     skeleton: Sequence[tuple[int, int]],
     settings: SeriesSettings,
+    uncertain: np.ndarray | None = None,
 ) -> Series:
-    """Apply ``settings`` to one video's raw series (times (T,), xy (T, J, 2), scores (T, J))."""
+    """Apply ``settings`` to one video's raw series (times (T,), xy (T, J, 2), scores (T, J)); ``uncertain``
+    (T,): frames whose keypoints may be another person's (invalid in the report, masked when processing)."""
     times = np.asarray(times, np.float64)
     xy_raw, sc, names, skeleton = convert(xy, scores, names, skeleton, settings.keypoint_format)
     quality = sequences.quality_report(
-        np.nan_to_num(sc, nan=0.0), times, settings.min_score, settings.min_stretch_s, joint_names=names
+        np.nan_to_num(sc, nan=0.0),
+        times,
+        settings.min_score,
+        settings.min_stretch_s,
+        joint_names=names,
+        exclude=uncertain,
     )
     out, flagged = None, None
     if settings.processing:
         out, flagged = sequences.mask_low_scores(xy_raw, sc, settings.min_score)
+        if uncertain is not None and np.any(uncertain):
+            gone = np.asarray(uncertain, bool)
+            out[gone] = np.nan
+            flagged[gone] = True
         if settings.max_gap_s > 0 and len(times) > 1:
             out = sequences.interpolate_gaps(out, times, settings.max_gap_s)
         if settings.smooth is not None and len(times) > 1:
