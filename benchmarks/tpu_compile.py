@@ -163,6 +163,16 @@ def topology_devices(topology: str) -> list:
     return _TOPOLOGIES[topology]
 
 
+def host_topology(topology: str) -> str:
+    """The one-host slice of the same chip (``CHIPS_PER_HOST_BOUNDS``: v5e:2x2, v4:2x2x1, ...). Evaluation
+    runs on each host's own chips (a local mesh); libtpu cannot compile for a subset of a larger slice's
+    devices (its collective emitter aborts the process), so the eval step is compiled for this slice."""
+    gen, shape = topology.split(":", 1)
+    dims = shape.split("x")
+    host = [str(b) for b in CHIPS_PER_HOST_BOUNDS[: len(dims)]]
+    return f"{gen}:{'x'.join(host)}"
+
+
 def libtpu_version() -> str:
     try:
         from importlib.metadata import version
@@ -314,15 +324,30 @@ def _group_size(attrs: str, devices: int) -> int:
     return devices
 
 
+def _counted_loop_trips(condition: list[str]) -> int | None:
+    """Trip count of a while loop whose condition is ``counter < N`` (a scan as JAX lowers it: the counter
+    starts at 0 and steps by 1), read from the condition computation's lines: its root compares with
+    ``direction=LT`` against its only integer constant. None for any other form."""
+    root = [line for line in condition if line.lstrip().startswith("ROOT")]
+    constants = [
+        int(c) for line in condition for c in re.findall(r"=\s*[su](?:32|64)\[\]\S*\s+constant\((\d+)\)", line)
+    ]
+    if len(root) == 1 and "compare(" in root[0] and "direction=LT" in root[0] and len(constants) == 1:
+        return constants[0]
+    return None
+
+
 def hlo_collectives(hlo_text: str, devices: int) -> dict[str, Any]:
     """Collectives of one execution of a compiled (SPMD, per-device) HLO module: per kind the count, the bytes
     of the arrays moved (all-reduce: the reduced array; all-gather: the gathered result; reduce-scatter: its
     full input; collective-permute: the sent array) and the bytes each chip puts on the wire with ring
     algorithms. XLA:TPU writes a reduce-scatter as a fusion ``all-reduce-scatter`` of an all-reduce and each
-    chip's slice: counted as the reduce-scatter it is. While-loop bodies count as many times as their known
-    trip counts; branches of a conditional each count once (an upper bound)."""
+    chip's slice: counted as the reduce-scatter it is. While-loop bodies count as many times as their trip
+    counts (XLA's known_trip_count, or a scan's ``counter < N`` condition); branches of a conditional each
+    count once (an upper bound)."""
     text = re.sub(r"/\*.*?\*/", "", hlo_text)
     comps: dict[str, list[tuple[str, str, str]]] = {}
+    bodies: dict[str, list[str]] = {}  # each computation's instruction lines, for the loop conditions
     entry, current = None, None
     for line in text.splitlines():
         if not line.strip():
@@ -332,6 +357,7 @@ def hlo_collectives(hlo_text: str, devices: int) -> dict[str, Any]:
             if hit and line.rstrip().endswith("{"):
                 current = hit.group(2)
                 comps[current] = []
+                bodies[current] = []
                 if hit.group(1):
                     entry = current
             elif line.strip() == "}":
@@ -339,6 +365,7 @@ def hlo_collectives(hlo_text: str, devices: int) -> dict[str, Any]:
             continue
         if current is None:
             continue
+        bodies[current].append(line)
         hit = re.match(r"\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.*)$", line)
         if not hit:
             continue
@@ -353,8 +380,12 @@ def hlo_collectives(hlo_text: str, devices: int) -> dict[str, Any]:
             trip = 1
             if opcode == "while":
                 hit = re.search(r'"known_trip_count":\{"n":"(\d+)"', tail)
+                cond = re.search(r"\bcondition=%?([\w.\-]+)", tail)
+                counted = _counted_loop_trips(bodies.get(cond.group(1), [])) if cond else None
                 if hit:
                     trip = int(hit.group(1))
+                elif counted is not None:
+                    trip = counted
                 else:
                     unknown_trips += 1
             for attr, value in _CALLEES.findall(tail):
@@ -492,8 +523,9 @@ def compile_train(
 
 
 def compile_eval(config: Any, topology: str) -> dict[str, Any]:
-    """The eval forward as ``evaluate.job.make_predict_fn`` builds it (``heatmaps.jitted``), on process 0's
-    chips (a local mesh), parameters replicated, at the config's eval batch per process (padded to the chips)."""
+    """The eval forward as ``evaluate.job.make_predict_fn`` builds it (``heatmaps.jitted``), on one host's
+    chips (a local mesh; compiled for :func:`host_topology`), parameters replicated, at the config's eval
+    batch per process (padded to the chips) for the whole slice's process count."""
     import jax
     import jax.numpy as jnp
     from jax.sharding import NamedSharding
@@ -505,7 +537,9 @@ def compile_eval(config: Any, topology: str) -> dict[str, Any]:
 
     devices = topology_devices(topology)
     chip = chip_of(topology)
-    local = [d for d in devices if d.process_index == devices[0].process_index]
+    local = topology_devices(host_topology(topology))
+    if len(local) != sum(d.process_index == devices[0].process_index for d in devices):
+        raise BadInput(f"--topology: {topology}: its hosts do not hold {len(local)} chips each")
     run = target_run(config, devices)
     local_mesh = shd.make_mesh(local)
     graphdef, params, other = split_model(run.model)

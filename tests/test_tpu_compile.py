@@ -147,6 +147,53 @@ def test_hlo_collectives_count_loop_bodies_by_trip_count_and_name_fused_reduce_s
     assert got["reduce-scatter"] == {"count": 1, "bytes": 4096, "wire_bytes": 3 / 4 * 4096}
 
 
+def test_hlo_collectives_read_a_scan_trip_count_from_its_condition():
+    """XLA:TPU's compiled HLO carries no known_trip_count: a scan's loop (``i < N``, i from 0) counts N times;
+    a condition of another form is counted once and reported as unknown."""
+    from benchmarks.tpu_compile import hlo_collectives
+
+    hlo = textwrap.dedent(
+        """
+        %body (p: (s32[], bf16[64])) -> (s32[], bf16[64]) {
+          %p = (s32[], bf16[64]{0}) parameter(0)
+          %g = bf16[64]{0} get-tuple-element(%p), index=1
+          %ar = bf16[64]{0} all-reduce(%g), replica_groups=[1,4]<=[4], to_apply=%add
+          ROOT %t = (s32[], bf16[64]{0}) tuple(%i, %ar)
+        }
+
+        %scan_cond (p: (s32[], bf16[64])) -> pred[] {
+          %n = s32[]{:T(128)} constant(12)
+          %p = (s32[]{:T(128)}, bf16[64]{0}) parameter(0)
+          %i = s32[]{:T(128)} get-tuple-element(%p), index=0
+          ROOT %lt = pred[]{:T(512)} compare(%i, %n), direction=LT
+        }
+
+        %other_cond (p: (s32[], bf16[64])) -> pred[] {
+          %p = (s32[]{:T(128)}, bf16[64]{0}) parameter(0)
+          %i = s32[]{:T(128)} get-tuple-element(%p), index=0
+          ROOT %ne = pred[]{:T(512)} compare(%i, %i), direction=NE
+        }
+
+        ENTRY %main (x: bf16[64]) -> bf16[64] {
+          %w = (s32[], bf16[64]{0}) while(%t0), condition=%scan_cond, body=%body
+          %v = (s32[], bf16[64]{0}) while(%t1), condition=%other_cond, body=%body
+          ROOT %r = bf16[64]{0} get-tuple-element(%w), index=1
+        }
+        """
+    )
+    got = hlo_collectives(hlo, devices=4)
+    assert got["all-reduce"]["count"] == 12 + 1 and got["all-reduce"]["bytes"] == 13 * 64 * 2
+    assert got["_unknown_trip_counts"] == 1
+
+
+def test_eval_compiles_for_one_host_of_the_slice():
+    from benchmarks.tpu_compile import host_topology
+
+    assert [host_topology(t) for t in ("v5e:16x16", "v4:2x2x4", "v5p:4x4x8", "v6e:8x8")] == [
+        "v5e:2x2", "v4:2x2x1", "v5p:2x2x1", "v6e:2x2",
+    ]  # fmt: skip
+
+
 def test_analytic_forward_matches_the_reference_gmacs():
     from aggpose_jax.models.aggpose import get_model_config
     from benchmarks.tpu_compile import analytic_forward_macs
