@@ -517,9 +517,23 @@ def compile_train(
     row["collectives"] = hlo_collectives(text, n)
     if hlo_dir:
         os.makedirs(hlo_dir, exist_ok=True)
-        name = f"train_{topology.replace(':', '_')}_{mode}_{batch_per_chip}.hlo.txt"
-        pathlib.Path(hlo_dir, name).write_text(text)
+        pathlib.Path(hlo_dir, _hlo_name(topology, mode, batch_per_chip)).write_text(text)
     return row
+
+
+def _hlo_name(topology: str, mode: str, batch_per_chip: int) -> str:
+    return f"train_{topology.replace(':', '_')}_{mode}_{batch_per_chip}.hlo.txt"
+
+
+def recount(rows: list[dict[str, Any]], hlo_dir: str | None, flops: dict[str, Any] | None, per_core: float) -> None:
+    """Rows of an earlier run read again with this version of the tool: the collectives from their saved HLO
+    text (``--hlo_dir``) where it is there, and every estimate."""
+    for row in rows:
+        path = pathlib.Path(hlo_dir or "", _hlo_name(row["topology"], row["mode"], row["batch_per_chip"]))
+        if hlo_dir and row["step"] == "train" and path.is_file():
+            row["collectives"] = hlo_collectives(path.read_text(), row["chips"])
+        if row.get("xla_cost"):
+            row["estimate"] = estimate(row, flops, chip_of(row["topology"]), per_core)
 
 
 def compile_eval(config: Any, topology: str) -> dict[str, Any]:
@@ -935,6 +949,7 @@ def table(config: Any, args: Any, meta: dict[str, Any]) -> dict[str, Any]:
         _say("counting FLOPs (unrolled lowering on the host) ...", err=True)
         result["flops"] = count_flops(config, train_set_size=args.train_set_size)
         save()
+    recount(result["rows"], args.hlo_dir, result["flops"], args.pipeline_samples_per_core)
     done = {(r["topology"], r["step"], r["mode"], r["batch_per_chip"]) for r in rows}
     for topology in args.topologies:
         chip = chip_of(topology)
@@ -1029,6 +1044,7 @@ def main(argv: Sequence[str]) -> int:
         if not args.out or not os.path.isfile(args.out):
             raise BadInput("--report_only needs --out with the JSON of an earlier run")
         result = json.loads(pathlib.Path(args.out).read_text())
+        recount(result.get("rows", []), args.hlo_dir, result.get("flops"), args.pipeline_samples_per_core)
         result["largest"] = summary(result.get("rows", []))
     else:
         result = table(config, args, meta)

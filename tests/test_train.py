@@ -174,7 +174,9 @@ for name, devices, fsdp in (('single', jax.devices()[:1], False), ('dp8', jax.de
     state = new_state(tx, 0, params)
     sh = shd.state_shardings(jax.eval_shape(lambda: state), mesh, fsdp=fsdp, min_size=64)
     state = jax.device_put(state, sh)
-    step = jax.jit(make_train_step(graphdef, other, tx), in_shardings=(sh, shd.batch_sharding(mesh)),
+    gather = shd.replicated(mesh) if fsdp else None  # as train.loop.make_sharded_step builds it
+    step = jax.jit(make_train_step(graphdef, other, tx, compute_params_sharding=gather),
+                   in_shardings=(sh, shd.batch_sharding(mesh)),
                    out_shardings=(sh, shd.replicated(mesh)), donate_argnums=0)
     for b in batches:
         gb = shd.global_batch(b, mesh)

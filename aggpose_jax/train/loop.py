@@ -97,7 +97,7 @@ def make_sharded_step(
         abstract = jax.eval_shape(functools.partial(new_state, tx, 0), abstract_params)
         state_sharding = shd.state_shardings(abstract, mesh, fsdp=t.fsdp, min_size=t.fsdp_min_size)
         step_fn = jax.jit(
-            make_train_step(graphdef, other, tx),
+            make_train_step(graphdef, other, tx, compute_params_sharding=shd.replicated(mesh) if t.fsdp else None),
             in_shardings=(state_sharding, shd.batch_sharding(mesh)),
             out_shardings=(state_sharding, shd.replicated(mesh)),
             donate_argnums=0,

@@ -33,13 +33,23 @@ def new_state(tx: optax.GradientTransformation, seed: int, params: Any) -> dict:
     return dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng)
 
 
-def make_train_step(graphdef: Any, other: Any, tx: optax.GradientTransformation) -> Callable:
-    """The un-jitted step ``(state, batch) -> (state, {'loss', 'grad_norm'})``."""
+def make_train_step(
+    graphdef: Any, other: Any, tx: optax.GradientTransformation, *, compute_params_sharding: Any = None
+) -> Callable:
+    """The un-jitted step ``(state, batch) -> (state, {'loss', 'grad_norm'})``.
+
+    ``compute_params_sharding`` (FSDP): the parameters are resharded to it (replicated) once at the start of
+    the step, so the forward and backward see whole parameters and the batch-sharded activations stay where
+    they are; without it XLA may follow the parameters' sharding into the activations and gather those
+    instead, bytes that grow with the batch. The optimizer state stays sharded; gradients are reduced to it.
+    """
 
     def step_fn(state: dict, batch: dict) -> tuple[dict, dict]:
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
 
         def loss_of(params: Any) -> jax.Array:
+            if compute_params_sharding is not None:
+                params = jax.lax.with_sharding_constraint(params, compute_params_sharding)
             out = merge(graphdef, params, other)(batch["image"], deterministic=False, rngs=key)
             return joints_mse_loss(out, batch["target"], batch["target_weight"])
 
