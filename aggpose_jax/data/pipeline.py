@@ -9,13 +9,16 @@ processes.
 Order of operations (train):
 
     source.shuffle(seed)                      one global permutation per epoch (seed + epoch)
-      .map(DecodeImage).filter(Drop...)       corrupt/missing images are skipped
-      .random_map(TrainTransform, seed+1)     rng from (seed + 1, global position): reproducible
+      .map(DecodeImage)                       corrupt/missing images: image None (kept, marked)
+      .random_map(TrainTransform, seed+1)     rng from (seed + 1, global position): reproducible;
+                                              an undecodable record becomes a placeholder row marked
+                                              ``DECODED`` False (``_MarkDecoded``)
       .repeat(num_epochs)                     the global sample stream; None = forever
       -> rows of process i                    global batch b = stream[b*G, (b+1)*G); process i takes
                                               its rows [i*L, (i+1)*L) (G global, L = G / N local batch)
-      .to_iter_dataset().batch(L, drop_remainder=True)
+      .to_iter_dataset().batch(L)
       .mp_prefetch(worker_count)              batches are made inside the workers (shared memory)
+      -> LoaderIterator                       drops the marked rows in stream order, re-cuts full batches
 
 So the global batches, their augmentation included, are the same whatever the process count N and
 the worker count: process i's shard is disjoint from the others' and together they cover every
@@ -37,10 +40,11 @@ process: they never act on SIGTERM/SIGINT (``_stop_signals_blocked``), so a sign
 process group (``timeout``, SLURM, systemd, Ctrl-C) reaches the main process alone, which saves and
 then shuts the workers down.
 
-Skipped records: samples whose image is missing or undecodable are dropped before batching, so a
-training batch never contains them and an epoch is correspondingly shorter (the process that meets
-one takes the next row of its own share: its later batches shift by one sample, the shards stay
-disjoint). Every process logs the file once and appends to the loader's report directory;
+Skipped records: samples whose image is missing or undecodable are dropped (eval: before batching;
+train: by ``LoaderIterator`` after the workers' batches are interleaved, so the result does not depend
+on the worker count), so a batch never contains them and an epoch is correspondingly shorter (the
+process that meets one takes the next row of its own share: its later batches shift by one sample, the
+shards stay disjoint). Every process logs the file once and appends to the loader's report directory;
 ``Loader.corrupt_images()`` reads the counts of all processes.
 """
 
@@ -277,6 +281,28 @@ class Loader:
         return dict(counts)
 
 
+DECODED = "_decoded"  # a training row's mark: False where the image was undecodable (dropped by LoaderIterator)
+
+
+class _MarkDecoded(grain.transforms.RandomMap):
+    """The training transform that keeps undecodable records as marked placeholders of the same structure.
+
+    Dropping them here (in Grain's per-worker part) would shift each worker's batches by its own skips, and the
+    round-robin interleaving of the workers would reorder the stream; ``LoaderIterator`` drops them in order.
+    """
+
+    def __init__(self, transform: grain.transforms.RandomMap):
+        self.transform = transform
+
+    def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        decoded = element.get("image") is not None
+        if not decoded:  # any image gives the right shapes; the rng is used as for a real one
+            element = {**element, "image": np.zeros((1, 1, 3), np.uint8)}
+        out = self.transform.random_map(element, rng)
+        out[DECODED] = np.bool_(decoded)
+        return out
+
+
 class LoaderIterator:
     """Iterator over a :class:`Loader` with Grain's interface, which also knows where it is in the global
     sample stream (training loaders).
@@ -285,6 +311,10 @@ class LoaderIterator:
     built at, the batches taken since, and Grain's own iterator state (exact, skipped records and worker
     processes included). ``samples_seen`` = ``start_sample + batches * global_batch_size``: the global
     position, the same on every process, from which ``seek`` rebuilds the pipeline for any process count.
+
+    Training rows marked undecodable are dropped here, in stream order, and the rest re-cut into full
+    batches: rows left over after a batch are the tail of one Grain batch, so the state then names that
+    batch's Grain state and ``'carry'``, how many of its kept rows were already returned.
     """
 
     def __init__(self, loader: Loader, start_sample: int = 0):
@@ -292,20 +322,58 @@ class LoaderIterator:
         self._start, self._batches = int(start_sample), 0
         self._it = loader._grain_iterator(self._start)
         self._started = 0  # batches taken from this Grain iterator, up to the worker count
+        self._before: Any = None  # Grain state before the next batch read (None: the pipeline's start)
+        self._pending: dict[str, np.ndarray] | None = None  # kept rows not returned yet (training)
+        self._pending_state: Any = None  # Grain state before the batch they come from
+        self._pending_used = 0  # that batch's kept rows returned already
 
     def __iter__(self) -> LoaderIterator:
         return self
 
-    def __next__(self) -> dict[str, Any]:
-        workers = self.loader.worker_count
+    def _read(self) -> dict[str, Any]:
+        """The next Grain batch; training loaders note the Grain state after it."""
+        workers, train = self.loader.worker_count, self.loader.train
         if self._started >= workers:
             batch = next(self._it)
+            if train:
+                self._before = self._it.get_state()
         else:  # the first batch of each worker starts it
             with _stop_signals_blocked():
                 batch = next(self._it)
+                if train:
+                    self._before = self._it.get_state()
             self._started += 1
-        self._batches += 1
         return _out_of_shared_memory(batch) if workers else batch
+
+    def __next__(self) -> dict[str, Any]:
+        if not self.loader.train:
+            batch = self._read()
+            self._batches += 1
+            return batch
+        size = self.loader.batch_size
+        while True:
+            before = self._before
+            try:
+                batch = self._read()
+            except StopIteration:
+                self._pending = None  # an incomplete last batch is dropped
+                raise
+            kept = np.asarray(batch.pop(DECODED), bool)
+            if self._pending is None and len(kept) == size and kept.all():
+                self._batches += 1
+                return batch
+            rows = {k: v[kept] for k, v in batch.items()}
+            if self._pending is not None:
+                rows = {k: np.concatenate([self._pending[k], v]) for k, v in rows.items()}
+            total = len(next(iter(rows.values()))) if rows else 0
+            if total < size:
+                self._pending = rows if total else None
+                continue
+            rest = total - size  # < the kept rows of this batch: the rest is its tail
+            self._pending = {k: v[size:] for k, v in rows.items()} if rest else None
+            self._pending_state, self._pending_used = before, int(kept.sum()) - rest
+            self._batches += 1
+            return {k: v[:size] for k, v in rows.items()}
 
     @property
     def samples_seen(self) -> int:
@@ -323,21 +391,34 @@ class LoaderIterator:
         }
 
     def get_state(self) -> dict[str, Any]:
-        return {"start_sample": self._start, "batches": self._batches, "grain": self._it.get_state()}
+        state = {"start_sample": self._start, "batches": self._batches}
+        if self._pending is None:
+            return {**state, "grain": self._it.get_state()}
+        return {**state, "grain": self._pending_state, "carry": self._pending_used}
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restore a ``get_state()`` (a bare Grain iterator state is accepted too)."""
         with _stop_signals_blocked(self.loader.worker_count > 0):  # may restart worker processes
             if "grain" in state and "start_sample" in state:
-                self._rebuild(int(state["start_sample"]))
+                grain_state, carry = state["grain"], int(state.get("carry", 0))
+                self._rebuild(int(state["start_sample"]), fresh=grain_state is None)
                 self._batches = int(state.get("batches", 0))
-                self._it.set_state(state["grain"])
+                if grain_state is not None:
+                    self._it.set_state(grain_state)
+                self._before = grain_state
             else:
                 self._it.set_state(state)
+                self._before, carry = state, 0
+        if carry:  # re-read the batch whose tail was not returned yet
+            batch = self._read()
+            kept = np.asarray(batch.pop(DECODED), bool)
+            rows = {k: v[kept][carry:] for k, v in batch.items()}
+            self._pending = rows if rows and len(next(iter(rows.values()))) else None
+            self._pending_state, self._pending_used = grain_state, carry
 
     def seek(self, sample: int) -> None:
         """Continue from global stream position ``sample`` (a fresh pipeline; nothing is read to get there)."""
-        self._rebuild(int(sample), fresh=self._batches > 0)
+        self._rebuild(int(sample), fresh=self._batches > 0 or self._before is not None)
 
     def _rebuild(self, start: int, fresh: bool = False) -> None:
         if fresh or start != self._start or self._it is None:
@@ -345,6 +426,7 @@ class LoaderIterator:
             self._it = self.loader._grain_iterator(start)
             self._started = 0
         self._start, self._batches = start, 0
+        self._before, self._pending, self._pending_state, self._pending_used = None, None, None, 0
 
     def start_prefetch(self) -> None:
         if hasattr(self._it, "start_prefetch"):
@@ -463,10 +545,10 @@ def make_loader(
     epoch_size = len(ds)
     if train:
         ds = ds.shuffle(seed=seed % 2**32)
-        ds = ds.map(T.DecodeImage(report_dir)).filter(T.DropUndecodable())
+        ds = ds.map(T.DecodeImage(report_dir))  # undecodable records stay, marked, until _Compact drops them
         aug = T.AugmentConfig.from_config(_section_get(data_config, "aug"))
         ds = ds.random_map(
-            T.TrainTransform(kp_set, image_size, heatmap_size, sigma, aug, convention=convention),
+            _MarkDecoded(T.TrainTransform(kp_set, image_size, heatmap_size, sigma, aug, convention=convention)),
             seed=(seed + 1) % 2**32,
         )
         stream = ds.repeat(num_epochs)
@@ -494,8 +576,8 @@ def make_loader(
                 workers=worker_count,
             )
         it = rows.to_iter_dataset(read)
-        if train:
-            it = it.batch(batch_size, drop_remainder=True)
+        if train:  # a short last batch too: _Compact joins rows across batches and drops the incomplete rest
+            it = it.batch(batch_size, drop_remainder=False)
         else:
             pad = functools.partial(grain.experimental.batch_and_pad, batch_size=batch_size)
             it = it.batch(batch_size, drop_remainder=False, batch_fn=pad)

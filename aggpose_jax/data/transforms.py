@@ -3,8 +3,8 @@
 Training recipe (AggPose release = HRNet ``JointsDataset`` plus colour jitter), per person record:
 
 1. decode the image (``cv2.imdecode``, colour, EXIF orientation ignored, RGB); a missing (``b''``)
-   or undecodable image drops the record (``DecodeImage`` + ``DropUndecodable``), is counted and
-   is logged once per file and process;
+   or undecodable image drops the record (``DecodeImage``, then ``DropUndecodable`` in eval; training
+   drops it after batching, ``pipeline.LoaderIterator``), is counted and is logged once per file and process;
 2. box -> centre/scale (aspect W/H, x1.25, 200-px units);
 3. half-body: with probability ``half_body_prob`` when more than ``half_body_min_joints`` joints are
    visible. Upper-body joints are chosen when a *standard normal* draw is < 0.5 (the original
