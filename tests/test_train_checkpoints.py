@@ -185,3 +185,43 @@ def test_no_checkpoint_returns_none(tmp_path):
     ckpt = TrainCheckpointer(str(tmp_path / "empty"), keep=1)
     assert ckpt.restore_latest(_abstract(_state(0)), _iterator()) is None
     ckpt.close()
+
+
+def test_unraisable_reports_of_background_io_are_recognised_by_their_traceback(tmp_path):
+    """The unraisable hook reads the files of a real traceback (``traceback.walk_tb`` yields frames): a report
+    raised from a file under an ``asyncio`` folder goes to the restore log, another is left to Python."""
+    import sys
+    import types
+
+    from aggpose_jax.train import checkpoints
+
+    def raised_in(filename: str) -> BaseException:
+        code = compile("raise OSError('I/O operation on closed file')", filename, "exec")
+        try:
+            exec(code, {})
+        except OSError as e:
+            return e
+        raise AssertionError("not raised")
+
+    def report(err: BaseException) -> types.SimpleNamespace:
+        return types.SimpleNamespace(
+            exc_type=type(err), exc_value=err, exc_traceback=err.__traceback__, err_msg=None, object=None
+        )
+
+    background = raised_in(os.path.join(os.sep, "lib", "python3", "asyncio", "base_events.py"))
+    ours = raised_in(os.path.join(os.sep, "home", "user", "analysis.py"))
+    assert checkpoints._from_background_io(report(background))
+    assert not checkpoints._from_background_io(report(ours))
+
+    log = tmp_path / "restore.log"
+    previous_hook, previous_path = sys.unraisablehook, checkpoints._BACKGROUND_LOG.path
+    seen = []
+    sys.unraisablehook = seen.append
+    try:
+        checkpoints._route_background_output(str(log))
+        sys.unraisablehook(report(background))
+        sys.unraisablehook(report(ours))
+    finally:
+        sys.unraisablehook, checkpoints._BACKGROUND_LOG.path = previous_hook, previous_path
+    assert "I/O operation on closed file" in log.read_text()
+    assert [r.exc_value for r in seen] == [ours]

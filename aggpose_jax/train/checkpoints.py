@@ -103,7 +103,7 @@ def _from_background_io(unraisable: Any) -> bool:
     if "coroutine" in text or "Task" in text or "asyncio" in text:
         return True
     tb = getattr(unraisable, "exc_traceback", None)
-    files = [frame.filename for frame, _ in traceback.walk_tb(tb)] if tb is not None else []
+    files = [frame.f_code.co_filename for frame, _ in traceback.walk_tb(tb)] if tb is not None else []
     return any(noisy in f for f in files for noisy in _NOISY_FILES)
 
 
