@@ -554,7 +554,8 @@ def compile_eval(config: Any, topology: str) -> dict[str, Any]:
     local = topology_devices(host_topology(topology))
     if len(local) != sum(d.process_index == devices[0].process_index for d in devices):
         raise BadInput(f"--topology: {topology}: its hosts do not hold {len(local)} chips each")
-    run = target_run(config, devices)
+    # The train batch does not enter the eval step; it only has to divide over this slice to validate.
+    run = target_run(with_overrides(config, train__batch_size=len(devices)), devices)
     local_mesh = shd.make_mesh(local)
     graphdef, params, other = split_model(run.model)
     rep = NamedSharding(local_mesh, P())

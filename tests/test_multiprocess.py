@@ -42,17 +42,6 @@ spec = json.loads(sys.argv[1])
 from aggpose_jax.distributed import maybe_initialize_distributed
 maybe_initialize_distributed()
 import jax, numpy as np
-from jax._src import cache_key
-
-
-def same_key_on_every_process(hash_obj, devices):
-    # Test speed only: JAX hashes the CPU topology, which differs between the processes of one job, into
-    # the persistent-cache key, so process 1 never finds what process 0 wrote; the devices' ids say as much.
-    for d in devices.flat:
-        cache_key._hash_string(hash_obj, f"{d.device_kind}/{d.id}/{d.process_index}")
-
-
-cache_key._hash_accelerator_config = same_key_on_every_process
 from aggpose_jax import sharding as shd
 from aggpose_jax.data import transforms as T
 from aggpose_jax.logs import setup_logging

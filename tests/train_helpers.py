@@ -56,20 +56,18 @@ def fingerprint(batch: dict) -> str:
     return h.hexdigest()
 
 
-def child_env(devices: int = 1) -> dict[str, str]:
+def child_env(devices: int = 1, *, optimize: bool = True) -> dict[str, str]:
     """Environment for a child interpreter running jax on CPU with ``devices`` forced devices.
 
-    The children compile with LLVM optimisation off (tests compare numbers, not speed) and share a
-    persistent compilation cache, so the same tiny model is compiled once across test processes.
+    The children share a persistent compilation cache (JAX's public ``JAX_COMPILATION_CACHE_DIR``), so
+    the same tiny model is compiled once across test processes. ``optimize=False`` turns XLA's CPU
+    backend optimisation off, a setup users do not run: only for tests where it saves minutes.
     """
     env = dict(os.environ)
-    env["XLA_FLAGS"] = " ".join(
-        [
-            f"--xla_force_host_platform_device_count={devices}",
-            "--xla_backend_optimization_level=0",
-            "--xla_llvm_disable_expensive_passes=true",
-        ]
-    )
+    flags = [f"--xla_force_host_platform_device_count={devices}"]
+    if not optimize:
+        flags += ["--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true"]
+    env["XLA_FLAGS"] = " ".join(flags)
     env["JAX_PLATFORMS"] = "cpu"
     env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"aggpose_jax_test_xla_cache_{os.getuid()}")
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
