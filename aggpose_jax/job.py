@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 
 from ml_collections import ConfigDict
 
 from aggpose_jax import config as config_lib
+from aggpose_jax import storage
 from aggpose_jax import workdir as workdir_lib
 from aggpose_jax.config import RunConfig
 from aggpose_jax.data.cli_errors import EXIT_BAD_INPUT, EXIT_FAULT, one_line
@@ -53,7 +53,7 @@ def run(
     try:
         run_cfg = config_lib.validate(config, reference, workdir=workdir)
         config_lib.check_paths(config)
-        if mode == "eval" and not run_cfg.init_checkpoint and not workdir_lib.has_state(os.path.abspath(workdir)):
+        if mode == "eval" and not run_cfg.init_checkpoint and not workdir_lib.has_state(storage.absolute(workdir)):
             raise ValueError(f"config.init_checkpoint: empty and no training checkpoint in {workdir}/checkpoints")
         workdir = workdir_lib.check_writable(workdir)
     except ValueError as err:
@@ -71,7 +71,7 @@ def run(
 def _evaluate(run_cfg: RunConfig, workdir: str) -> None:
     workdir_lib.prepare_data(run_cfg.data)
     metrics = evaluate_run(run_cfg, workdir)
-    log.info("AP %.4f; metrics in %s", metrics["AP"], os.path.join(workdir, "metrics.json"))
+    log.info("AP %.4f; metrics in %s", metrics["AP"], storage.join(workdir, "metrics.json"))
 
 
 def _train(run_cfg: RunConfig, workdir: str, *, evaluate: bool, restart: bool) -> None:
@@ -106,8 +106,8 @@ def _report_complete(run_cfg: RunConfig, workdir: str, trainer: Trainer, *, eval
     """A rerun of a finished run: say so; evaluate the final step first if its metrics are missing."""
     step = trainer.total_steps
     try:
-        with open(os.path.join(workdir, "metrics.json"), encoding="utf-8") as f:
-            final = next((e for e in json.load(f).get("evaluations", []) if e.get("step") == step), None)
+        records = json.loads(storage.read_text(storage.join(workdir, "metrics.json")))
+        final = next((e for e in records.get("evaluations", []) if e.get("step") == step), None)
     except (OSError, ValueError):
         final = None
     if final is None and evaluate:

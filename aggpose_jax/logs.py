@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import Any
 
 import jax
+
+from aggpose_jax import storage
 
 log = logging.getLogger("aggpose_jax")
 
@@ -30,13 +31,10 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 def write_json(path: str, data: Any) -> None:
-    """Write JSON atomically (temporary file + rename); process 0 only."""
+    """Write JSON atomically (a local path or a ``gs://`` URL); process 0 only."""
     if jax.process_index() != 0:
         return
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    storage.write_text(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 __all__ = ["log", "setup_logging", "write_json"]

@@ -2,11 +2,14 @@
 
 A workdir holds ``config.json`` (the config of its checkpoints; earlier different ones in
 ``config_history/``), ``checkpoints/``, ``metrics.json``, ``eval/``, ``tb/`` and ``logs/``. A resume is
-checked against ``config.json`` before anything is written.
+checked against ``config.json`` before anything is written. It is a local path or a Cloud Storage URL
+(``gs://bucket/runs/l``): every file here goes through ``storage`` (what object storage changes is said
+there and in ``WorkdirLock``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -18,6 +21,7 @@ from typing import Any
 
 import jax
 
+from aggpose_jax import storage
 from aggpose_jax.config import DataSettings, RunConfig
 from aggpose_jax.data.cli_errors import make_writable_dir
 from aggpose_jax.data.synthetic import generate_synthetic
@@ -26,21 +30,29 @@ from aggpose_jax.logs import log, write_json
 
 
 def check_writable(workdir: str) -> str:
-    """Create ``workdir`` and prove it writable; raises ``ValueError`` naming it otherwise."""
+    """Create ``workdir`` and prove it writable (its absolute path, or the URL); raises ``ValueError``
+    naming it otherwise."""
     try:
-        return make_writable_dir(workdir)
+        if not storage.is_url(workdir):
+            return make_writable_dir(workdir)
+        url = storage.absolute(workdir)
+        probe = storage.join(url, f".aggpose-write-test-{os.getpid()}")
+        storage.write_text(probe, "")
+        storage.remove(probe)
+        return url
     except OSError as err:
-        raise ValueError(f"--workdir: {os.path.abspath(workdir)} is not writable ({err.strerror or err})") from None
+        raise ValueError(f"--workdir: {storage.absolute(workdir)} is not writable ({err.strerror or err})") from None
 
 
 def prepare_data(data: DataSettings) -> None:
     """A synthetic run (``data.root=''`` in the config; ``validate`` resolved it to <workdir>/synthetic):
-    generate the set there once (process 0). Changes no setting."""
+    generate the set there once (process 0), or, for a ``gs://`` workdir, in a local folder by every
+    process that does not find it (the same set: it is made from the seed). Changes no setting."""
     if not data.generate_synthetic:
         return
     root = data.root
     ann = os.path.join(root, "annotations", "person_keypoints_val2017.json")
-    if jax.process_index() == 0 and not os.path.isfile(ann):
+    if (jax.process_index() == 0 or data.synthetic_on_each_host) and not os.path.isfile(ann):
         syn = data.synthetic
         log.info("generating a synthetic %s dataset (%d images) in %s", data.keypoints, syn.num_images, root)
         tmp = f"{root}.tmp{os.getpid()}"
@@ -52,7 +64,12 @@ def prepare_data(data: DataSettings) -> None:
             image_size=syn.image_size,
             val_fraction=syn.val_fraction,
         )
-        os.replace(tmp, root)  # complete or absent: an interrupted run regenerates
+        try:
+            os.replace(tmp, root)  # complete or absent: an interrupted run regenerates
+        except OSError:  # another process of this host was first (the same set): keep its copy
+            if not os.path.isfile(ann):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     barrier("synthetic_data")  # a coordination barrier: generating may take longer than gloo's 30 s
 
 
@@ -105,36 +122,32 @@ def compare_configs(old: dict, new: dict) -> tuple[list[str], list[str], list[st
     return incompatible, other, safe
 
 
-def _listing(path: str) -> list[str]:
-    return os.listdir(path) if os.path.isdir(path) else []
-
-
 def has_state(workdir: str) -> bool:
     """Whether ``workdir`` holds training checkpoints, readable or set aside as unreadable."""
-    checkpoints = os.path.join(workdir, "checkpoints")
-    return any(n.isdigit() for n in _listing(checkpoints)) or bool(_listing(checkpoints + "_unreadable"))
+    checkpoints = storage.join(workdir, "checkpoints")
+    listing = storage.listdir
+    return any(n.isdigit() for n in listing(checkpoints)) or bool(listing(checkpoints + "_unreadable"))
 
 
 def check_resume(run: RunConfig, workdir: str, *, restart: bool = False) -> bool:
     """Whether the workdir's state must be archived first (``restart`` and there is state). Without
     ``restart``, raises ``WorkdirError`` when the config cannot resume the workdir's checkpoints and logs
     the allowed differences. Reads only."""
-    record = os.path.join(workdir, RECORD)
+    record = storage.join(workdir, RECORD)
     if not has_state(workdir):
         return False
     if restart:
         return True
-    checkpoints = os.path.join(workdir, "checkpoints")
-    if not any(n.isdigit() for n in _listing(checkpoints)):
+    checkpoints = storage.join(workdir, "checkpoints")
+    if not any(n.isdigit() for n in storage.listdir(checkpoints)):
         raise WorkdirError(
             f"--workdir {workdir}: every checkpoint was set aside as unreadable (in {checkpoints}_unreadable/); "
             f"add --restart to archive them and start from step 0"
         )
-    if not os.path.isfile(record):
+    if not storage.isfile(record):
         return False  # checkpoints without a recorded config: their shapes are compared on restore
     try:
-        with open(record, encoding="utf-8") as f:
-            old = json.load(f)
+        old = json.loads(storage.read_text(record))
     except (OSError, ValueError) as err:
         raise WorkdirError(f"{record}: unreadable ({err}); cannot check that the checkpoints fit this config") from None
     new = run.record()
@@ -158,16 +171,17 @@ def archive(workdir: str) -> str:
     """Move the workdir's state and records (checkpoints, configs, metrics, evaluations, logs) into
     ``archive/<UTC time>/``; nothing is deleted. Returns the archive folder."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    dest = os.path.join(workdir, ARCHIVE, stamp)
-    n = 1
-    while os.path.exists(dest):
+    taken = set(storage.listdir(storage.join(workdir, ARCHIVE)))
+    name, n = stamp, 1
+    while name in taken:
         n += 1
-        dest = os.path.join(workdir, ARCHIVE, f"{stamp}-{n}")
-    os.makedirs(dest)
-    for name in sorted(os.listdir(workdir)):
+        name = f"{stamp}-{n}"
+    dest = storage.join(workdir, ARCHIVE, name)
+    storage.makedirs(dest)
+    for name in storage.listdir(workdir):
         if name in (ARCHIVE, "synthetic", LOCK) or name.startswith("."):
             continue
-        os.rename(os.path.join(workdir, name), os.path.join(dest, name))
+        storage.rename(storage.join(workdir, name), storage.join(dest, name))
     return dest
 
 
@@ -176,25 +190,24 @@ def record_config(run: RunConfig, workdir: str) -> None:
     ``config_history/`` first, never overwritten."""
     if jax.process_index() != 0:
         return
-    path = os.path.join(workdir, RECORD)
+    path = storage.join(workdir, RECORD)
     new = run.record()
-    if os.path.isfile(path):
+    if storage.isfile(path):
         try:
-            with open(path, encoding="utf-8") as f:
-                same = json.load(f) == new
+            same = json.loads(storage.read_text(path)) == new
         except (OSError, ValueError):
             same = False
         if same:
             return
-        history = os.path.join(workdir, HISTORY)
-        os.makedirs(history, exist_ok=True)
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(os.path.getmtime(path)))
-        kept = os.path.join(history, f"config-{stamp}.json")
-        n = 1
-        while os.path.exists(kept):
+        history = storage.join(workdir, HISTORY)
+        storage.makedirs(history)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(storage.stat(path)[0]))
+        taken = set(storage.listdir(history))
+        name, n = f"config-{stamp}.json", 1
+        while name in taken:
             n += 1
-            kept = os.path.join(history, f"config-{stamp}-{n}.json")
-        shutil.copy2(path, kept)
+            name = f"config-{stamp}-{n}.json"
+        storage.copy_file(path, storage.join(history, name))
     write_json(path, new)
 
 
@@ -216,80 +229,91 @@ def _pid_alive(pid: int) -> bool:
 
 
 class WorkdirLock:
-    """One run per workdir: ``workdir/.aggpose.lock`` holds {host, pid, since} and a heartbeat (its mtime).
+    """One run per workdir: ``workdir/.aggpose.lock`` holds {host, pid, since} and a heartbeat (its
+    modification time, refreshed every ``HEARTBEAT_S``); held by process 0 of a job.
 
-    Taken with O_CREAT|O_EXCL (atomic on local filesystems and NFS); held by process 0 of a job. A lock
-    whose process is gone (same host: the pid is dead; another host: no heartbeat for ``STALE_S``) is
-    taken over with a warning. A busy workdir raises ``WorkdirError`` naming the holder.
+    Taking it is an exclusive create: ``O_CREAT | O_EXCL`` on a local or NFS path, an upload with the
+    precondition "no such object yet" on Cloud Storage; of two runs that start together one gets it, the
+    other raises ``WorkdirError`` naming the holder. A lock whose run is gone (same host: its pid is dead;
+    another host: no heartbeat for ``STALE_S``) is taken over with a warning; of several takers only the
+    one that first creates ``<lock>.takeover-<version>`` for the version of the lock it judged stale
+    removes it, so a takeover never removes a live lock. On Cloud Storage the heartbeat rewrites the object
+    (a write every 30 s) and its age is read from the object's update time.
     """
 
     def __init__(self, workdir: str):
-        self.path = os.path.join(workdir, LOCK)
+        self.path = storage.join(workdir, LOCK)
+        self.workdir = workdir
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def _holder(self) -> dict[str, Any] | None:
         try:
-            with open(self.path, encoding="utf-8") as f:
-                holder = json.load(f)
-            holder["age_s"] = time.time() - os.path.getmtime(self.path)
-            return holder
+            mtime, token = storage.stat(self.path)
+            text = storage.read_text(self.path)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
-            return {"host": "?", "pid": -1, "since": "?", "age_s": time.time() - os.path.getmtime(self.path)}
+        try:
+            holder = json.loads(text)
+            if not isinstance(holder, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            holder = {"host": "?", "pid": -1, "since": "?"}
+        return {**holder, "age_s": time.time() - mtime, "token": token}
 
     def _stale(self, holder: dict[str, Any]) -> bool:
         if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int) and holder["pid"] > 0:
             return not _pid_alive(holder["pid"])
         return holder["age_s"] > STALE_S
 
-    def acquire(self) -> None:
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if holder is None:
-                    continue  # released meanwhile
-                if not self._stale(holder):
-                    raise WorkdirError(
-                        f"--workdir {os.path.dirname(self.path)} is in use by pid {holder.get('pid')} on "
-                        f"{holder.get('host')} since {holder.get('since')} (lock {self.path})"
-                    ) from None
+    def _take_over(self, holder: dict[str, Any]) -> None:
+        """Remove the stale lock ``holder`` if this process wins the takeover of that version of it."""
+        version = hashlib.sha256(str(holder["token"]).encode()).hexdigest()[:16]  # the same in every process
+        marker = f"{self.path}.takeover-{version}"
+        if not storage.create_new(marker, socket.gethostname()):
+            return  # another process takes this version over
+        try:
+            current = self._holder()
+            if current is not None and current["token"] == holder["token"]:
                 log.warning(
                     "taking over a stale lock of pid %s on %s (since %s): that run is gone",
                     holder.get("pid"), holder.get("host"), holder.get("since"),
                 )  # fmt: skip
-                stale = f"{self.path}.stale-{os.getpid()}"
-                try:
-                    os.rename(self.path, stale)  # atomic: only one taker wins
-                    os.remove(stale)
-                except FileNotFoundError:
-                    pass
-                continue
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(me, f)
-            self._thread = threading.Thread(target=self._beat, name="aggpose-lock-heartbeat", daemon=True)
-            self._thread.start()
-            return
-        raise WorkdirError(f"--workdir {os.path.dirname(self.path)}: cannot take the lock {self.path}")
+                storage.remove(self.path)
+        finally:
+            storage.remove(marker)
+
+    def acquire(self) -> None:
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        for _ in range(5):
+            if storage.create_new(self.path, json.dumps(me)):
+                self._thread = threading.Thread(target=self._beat, name="aggpose-lock-heartbeat", daemon=True)
+                self._thread.start()
+                return
+            holder = self._holder()
+            if holder is None:
+                continue  # released meanwhile
+            if not self._stale(holder):
+                raise WorkdirError(
+                    f"--workdir {self.workdir} is in use by pid {holder.get('pid')} on "
+                    f"{holder.get('host')} since {holder.get('since')} (lock {self.path})"
+                )
+            self._take_over(holder)
+        raise WorkdirError(f"--workdir {self.workdir}: cannot take the lock {self.path}")
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
             try:
-                os.utime(self.path)
+                storage.touch(self.path)
             except OSError:
                 return
 
     def release(self) -> None:
         self._stop.set()
         try:
-            with open(self.path, encoding="utf-8") as f:
-                mine = json.load(f).get("pid") == os.getpid()
-            if mine:
-                os.remove(self.path)
+            holder = json.loads(storage.read_text(self.path))
+            if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+                storage.remove(self.path)
         except (OSError, ValueError):
             pass
 

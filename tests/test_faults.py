@@ -43,8 +43,10 @@ def _config_file(tmp_path: Path, root: str) -> Path:
     return path
 
 
-def _run(config: Path, workdir: Path, *extra: str, fault: str = "", timeout: int = 300) -> subprocess.CompletedProcess:
-    env = child_env()
+def _run(
+    config: Path, workdir: Path | str, *extra: str, fault: str = "", timeout: int = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    env = {**child_env(), **(env or {})}
     env["AGGPOSE_FAULT"] = fault
     cmd = [sys.executable, RUNNER, "--config", str(config), "--workdir", str(workdir), "--mode", "train", *extra]
     return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
@@ -381,3 +383,56 @@ def test_disk_full_during_a_save_stops_with_one_line_and_keeps_the_previous_chec
     assert steps == [3]  # the previous checkpoint, intact and readable
     step, params = restore_params(str(workdir / "checkpoints"), _abstract_params(workdir))
     assert step == 3 and all(np.isfinite(np.asarray(a)).all() for a in jax.tree.leaves(params))
+
+
+def _gcs_tool(env: dict[str, str], *args: str) -> str:
+    cmd = [sys.executable, os.path.join(TESTS, "gcs_tool.py"), *args]
+    proc = subprocess.run(cmd, env={**child_env(), **env}, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.long
+def test_a_gs_workdir_on_a_cloud_storage_emulator_kill_busy_resume(setup, gcs_emulator, tmp_path):
+    """A workdir on Cloud Storage (README "Cloud Storage"): a run killed after its first checkpoint leaves
+    it committed on gs://; a second run while a live run holds the lock is refused and writes nothing; the
+    rerun takes the stale lock over, resumes, evaluates, and ends bitwise equal to the local reference run,
+    with its records (config, metrics, evaluation files, TensorBoard events) on gs:// and the lock gone."""
+    config, reference, _ = setup
+    env = gcs_emulator
+    url = f"gs://bucket/faults-{os.getpid()}/run"
+    killed = _run(config, url, fault="kill_at_step=4", env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    objects = json.loads(_gcs_tool(env, "objects", url))
+    assert "checkpoints/3/commit_success.txt" in objects and "config.json" in objects, sorted(objects)
+    assert not any(name.startswith("checkpoints/6") for name in objects)
+    assert ".aggpose.lock" in objects  # the killed run's, now stale
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        live = {"host": socket.gethostname(), "pid": holder.pid, "since": "2026-12-05 09:00:00 UTC"}
+        _gcs_tool(env, "write", f"{url}/.aggpose.lock", json.dumps(live))
+        before = json.loads(_gcs_tool(env, "objects", url))
+        busy = _run(config, url, env=env)
+        assert busy.returncode == 2, busy.stderr[-3000:]
+        lines = _check_console(busy)
+        assert f"--workdir {url} is in use by pid {holder.pid} on {socket.gethostname()}" in lines[-1], lines
+        assert json.loads(_gcs_tool(env, "objects", url)) == before  # nothing written, nothing removed
+    finally:
+        holder.kill()
+        holder.wait()
+
+    resumed = _run(config, url, "--mode=train_and_eval", env=env)  # the holder is gone: its lock is stale
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    lines = _check_console(resumed)
+    assert any("stale lock" in line for line in lines), lines
+    assert any("from step 3" in line for line in lines), lines
+    objects = json.loads(_gcs_tool(env, "objects", url))
+    for name in ("checkpoints/6/commit_success.txt", "metrics.json", "eval/step_00000006/stats.json"):
+        assert name in objects, sorted(objects)
+    assert any(name.startswith("tb/events.out.tfevents") for name in objects), sorted(objects)
+    assert ".aggpose.lock" not in objects
+    _gcs_tool(env, "params", url, str(tmp_path / "params.npz"))
+    with np.load(tmp_path / "params.npz") as saved:
+        assert int(saved["step"]) == 6
+        _assert_same([saved[f"arr_{i}"] for i in range(len(reference))], reference)

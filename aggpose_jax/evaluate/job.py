@@ -23,6 +23,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from aggpose_jax import sharding as shd
+from aggpose_jax import storage
 from aggpose_jax.config import RunConfig
 from aggpose_jax.data.pipeline import make_loader, make_source
 from aggpose_jax.evaluate.topdown import evaluate
@@ -111,12 +112,11 @@ def run_evaluation(run: RunConfig, predict_fn: Callable[[np.ndarray], Any], out_
 
 def record_metrics(workdir: str, step: int, metrics: dict[str, float], out_dir: str) -> None:
     """Append to ``workdir/metrics.json``: {'evaluations': [{'step', 'out_dir', metrics...}], 'latest', 'best'}."""
-    path = os.path.join(workdir, "metrics.json")
+    path = storage.join(workdir, "metrics.json")
     history: dict[str, Any] = {"evaluations": []}
-    if os.path.isfile(path):
+    if storage.isfile(path):
         try:
-            with open(path, encoding="utf-8") as f:
-                history = json.load(f)
+            history = json.loads(storage.read_text(path))
         except (OSError, ValueError):
             log.warning("%s is unreadable; starting a new history", path)
             history = {"evaluations": []}
@@ -148,8 +148,12 @@ def evaluate_params(
     """Evaluate ``params`` on the configured val split into ``workdir/eval/<name>`` (default ``step_<step>``)
     and record the metrics at ``step``."""
     graphdef, _, other = split_model(model_cfg)
-    out_dir = os.path.join(workdir, "eval", name or f"step_{step:08d}")
-    metrics = run_evaluation(run, make_predict_fn(graphdef, other, params, mesh), out_dir)
+    out_dir = storage.join(workdir, "eval", name or f"step_{step:08d}")
+    # The evaluation writes local files (pycocotools, OpenCV); for a gs:// workdir they are copied up after.
+    local = storage.local_folder_for(out_dir) if storage.is_url(out_dir) else out_dir
+    metrics = run_evaluation(run, make_predict_fn(graphdef, other, params, mesh), local)
+    if local != out_dir and jax.process_index() == 0:
+        storage.put_folder(local, out_dir)
     record_metrics(workdir, step, metrics, out_dir)
     return metrics
 
@@ -161,7 +165,7 @@ def evaluate_run(run: RunConfig, workdir: str) -> dict[str, float]:
         model_cfg, params = eval_params(run)
         name = os.path.splitext(os.path.basename(os.path.normpath(run.init_checkpoint)))[0]  # e.g. eval/infant_l
         return evaluate_params(run, model_cfg, params, workdir, 0, name=name)
-    directory = os.path.join(workdir, "checkpoints")
+    directory = storage.join(workdir, "checkpoints")
     try:
         step, params = restore_params(directory, abstract_params(run.model))
     except FileNotFoundError:

@@ -48,6 +48,7 @@ from absl import logging as absl_logging
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from aggpose_jax import storage
 from aggpose_jax.distributed import barrier
 from aggpose_jax.errors import TrainCheckpointError as CheckpointError  # the package's one error hierarchy
 
@@ -214,9 +215,14 @@ class TrainCheckpointer:
     """Save/restore ``(state pytree, data iterator)`` pairs under ``directory``."""
 
     def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True, best_metric: str = "AP"):
-        self.directory = os.path.abspath(directory)
+        self.directory = storage.absolute(directory)
         self.best_metric = best_metric
-        self.restore_log = os.path.join(os.path.dirname(self.directory), "logs", "checkpoint_restore.log")
+        # Orbax's and TensorStore's own messages during a restore go to this file (a local one: the output
+        # of fd 2 is pointed at it); for a gs:// workdir, in the local folder that stands for it.
+        logs = storage.join(storage.dirname(self.directory), "logs")
+        self.restore_log = os.path.join(
+            storage.local_folder_for(logs) if storage.is_url(logs) else logs, "checkpoint_restore.log"
+        )
         _route_background_output(self.restore_log)
         _write_small_arrays_from_one_replica()
         policy = ocm.AnyPreservationPolicy(
@@ -294,7 +300,7 @@ class TrainCheckpointer:
             with _restore_output(self.restore_log) as details:
                 try:
                     with ocp.StandardCheckpointer() as reader:
-                        stored = reader.metadata(os.path.join(self.directory, str(step), "state"))
+                        stored = reader.metadata(storage.join(self.directory, str(step), "state"))
                     stored = _shapes(getattr(stored, "item_metadata", stored))
                     if not stored:
                         raise ValueError("the state metadata lists no arrays")
@@ -326,11 +332,10 @@ class TrainCheckpointer:
         return None
 
     def _move_aside(self, step: int) -> str:
-        src = os.path.join(self.directory, str(step))
-        dest = os.path.join(self.directory + "_unreadable", f"{step}-{time.strftime('%Y%m%dT%H%M%S')}")
-        if jax.process_index() == 0 and os.path.exists(src):
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            os.rename(src, dest)
+        src = storage.join(self.directory, str(step))
+        dest = storage.join(self.directory + "_unreadable", f"{step}-{time.strftime('%Y%m%dT%H%M%S')}")
+        if jax.process_index() == 0 and storage.exists(src):
+            storage.rename(src, dest)  # on Cloud Storage a copy, then the deletion of the source
         barrier(f"unreadable_checkpoint_{step}")
         self.manager.reload()
         return dest
@@ -444,7 +449,7 @@ def restore_params(directory: str, abstract_params: Any, *, which: str = "latest
     """
     if which not in ("latest", "best"):
         raise ValueError(f"which: must be 'latest' or 'best', got {which!r}")
-    if not os.path.isdir(directory):
+    if not storage.isdir(directory):
         raise FileNotFoundError(f"{directory}: no training checkpoints (the folder does not exist)")
     options = ocp.CheckpointManagerOptions(read_only=True, create=False)
     with ocp.CheckpointManager(directory, item_names=("state", "data"), options=options) as manager:

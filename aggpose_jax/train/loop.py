@@ -35,6 +35,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from aggpose_jax import sharding as shd
+from aggpose_jax import storage
 from aggpose_jax.config import RunConfig, TrainSchedule, validate
 from aggpose_jax.data.pipeline import make_loader, make_source
 from aggpose_jax.distributed import barrier
@@ -124,7 +125,7 @@ class Trainer:
         mesh: jax.sharding.Mesh | None = None,
         batch_callback: Callable[[int, dict], dict | None] | None = None,
     ):
-        self.workdir = os.path.abspath(workdir)
+        self.workdir = storage.absolute(workdir)
         self.mesh = mesh or shd.make_mesh()
         run = (
             config
@@ -161,7 +162,7 @@ class Trainer:
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, self.state_sharding
         )
         self.checkpointer = TrainCheckpointer(
-            os.path.join(self.workdir, "checkpoints"),
+            storage.join(self.workdir, "checkpoints"),
             keep=run.train.keep_checkpoints,
             async_save=run.train.async_checkpoints,
         )

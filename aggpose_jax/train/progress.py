@@ -5,11 +5,11 @@ Only process 0 prints and writes TensorBoard events.
 
 from __future__ import annotations
 
-import os
 import time
 
 import jax
 
+from aggpose_jax import storage
 from aggpose_jax.logs import log
 
 
@@ -28,10 +28,13 @@ class Progress:
         self.global_batch = int(global_batch)
         self.is_main = jax.process_index() == 0
         self.writer = None
+        self.tb_dir = storage.join(workdir, "tb")
+        # tensorboardX writes local files; for a gs:// workdir they are copied up at each flush
+        self._tb_local = storage.local_folder_for(self.tb_dir) if storage.is_url(self.tb_dir) else self.tb_dir
         if tensorboard and self.is_main:
             from tensorboardX import SummaryWriter
 
-            self.writer = SummaryWriter(os.path.join(workdir, "tb"))
+            self.writer = SummaryWriter(self._tb_local)
         self._last_step: int | None = None
         self._last_time = time.perf_counter()
 
@@ -70,7 +73,13 @@ class Progress:
             for key, value in values.items():
                 self.writer.add_scalar(key, float(value), int(step))
             self.writer.flush()
+            self._upload()
+
+    def _upload(self) -> None:
+        if self._tb_local != self.tb_dir:
+            storage.put_folder(self._tb_local, self.tb_dir)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+            self._upload()
