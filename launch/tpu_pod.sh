@@ -48,10 +48,12 @@ create runs check first unless --no-check.
   --dry-run                print every command (the check, tar, gcloud) instead of running it
   -h, --help               this text
 
-WORKDIR: --workdir in MAIN_ARGS, else env WORKDIR (added as --workdir); an absolute path every
-worker sees and may rename in: on the NFS share (a local disk only for a one-host slice), never on
-the gcsfuse mount; a gs:// workdir is not supported by the package yet.
-Worker logs: WORKDIR/logs/worker_<hostname>.log (appended).
+WORKDIR: --workdir in MAIN_ARGS, else env WORKDIR (added as --workdir): a gs://BUCKET/PATH URL
+(checkpoints, records and the lock written to Cloud Storage directly, as the TPU VM's service account;
+the package is installed with its 'gcs' extra), or an absolute path every worker sees and may rename
+in: on the NFS share (a local disk only for a one-host slice), never on the gcsfuse mount.
+Worker logs: WORKDIR/logs/worker_<hostname>.log (appended); for a gs:// WORKDIR on each worker's disk,
+~/aggpose-logs/worker_<hostname>.log.
 Exit status: 0 done; 2 bad usage or input; 3 the check found that the batch does not fit (nothing
 was created) or a worker's TPU is held by another program; else the failed command's status.
 EOF
@@ -348,11 +350,12 @@ step_setup() {
 # One run of the job on all workers; returns gcloud's status (non-zero if any worker failed).
 run_once() {
   [[ -n "${WORKDIR_ARG}" ]] || die "run: set WORKDIR or pass --workdir (a path all workers share)"
-  [[ "${WORKDIR_ARG}" == /* ]] || die "run: WORKDIR must be absolute (on the NFS share), got '${WORKDIR_ARG}'"
+  [[ "${WORKDIR_ARG}" == /* || "${WORKDIR_ARG}" == gs://?* ]] \
+    || die "run: WORKDIR must be a gs:// URL or absolute (on the NFS share), got '${WORKDIR_ARG}'"
   local wd=${WORKDIR_ARG%/}
   if [[ -n "${BUCKET}" && ("${wd}" == "${BUCKET_MOUNT%/}" || "${wd}" == "${BUCKET_MOUNT%/}"/*) ]]; then
     die "run: WORKDIR ${wd} is on the gcsfuse mount ${BUCKET_MOUNT}, which cannot rename directories" \
-      "(checkpoints, synthetic data); put it on the NFS share (--nfs, --mount)"
+      "(checkpoints, synthetic data); use gs://${BUCKET}/... or the NFS share (--nfs, --mount)"
   fi
   local remote=(bash "${WORKER_SCRIPT}" run "--id=${LAUNCH_ID}" "--venv=${VENV_DIR}" "--repo=${REPO_DIR}"
     "--workdir=${wd}")

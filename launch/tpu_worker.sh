@@ -14,7 +14,8 @@ setup: wait for apt's lock (a fresh VM runs unattended upgrades), mount the NFS 
   and the bucket read-only (gcsfuse), unpack --archive into --repo, create a Python V (default 3.11)
   environment with uv in --venv (the images' system Python is 3.10), install jax[tpu] and the package.
 run: start `VENV/bin/python -m aggpose_jax.main MAIN_ARGS` in its own session, its output appended to
-  WORKDIR/logs/worker_<hostname>.log and shown here; exit with its status.
+  WORKDIR/logs/worker_<hostname>.log (for a gs:// WORKDIR: ~/aggpose-logs/worker_<hostname>.log) and
+  shown here; exit with its status.
   - the same --id again (a re-run ssh command): no second job; wait for the first and return its status;
   - another id: the previous run of this launcher still running is stopped (SIGTERM, SIGKILL after
     STOP_GRACE s, default 120); another process of this user holding the TPU that runs aggpose_jax is
@@ -22,8 +23,10 @@ run: start `VENV/bin/python -m aggpose_jax.main MAIN_ARGS` in its own session, i
     (no process has it open) is removed;
   - WORKDIR is created (with sudo and handed to this user when the share is root-owned, as a fresh
     Filestore/NFS share is); a WORKDIR on a gcsfuse mount is refused (exit 2): gcsfuse cannot rename
-    directories on ordinary buckets, and checkpoints and the synthetic data are written by renaming.
-Environment: AGGPOSE_STATE_DIR (default ~/.aggpose-launch), LIBTPU_LOCKFILE (default /tmp/libtpu_lockfile),
+    directories on ordinary buckets, and checkpoints and the synthetic data are written by renaming
+    (a gs:// WORKDIR is written by the package directly: nothing to create here).
+Environment: AGGPOSE_STATE_DIR (default ~/.aggpose-launch), AGGPOSE_LOG_DIR (default ~/aggpose-logs, the logs
+  of a gs:// WORKDIR), LIBTPU_LOCKFILE (default /tmp/libtpu_lockfile),
   STOP_GRACE, APT_RETRIES (default 30) and APT_RETRY_SECS (default 10), AGGPOSE_SUDO (replaces `sudo -n`).
 EOF
 }
@@ -104,7 +107,7 @@ step_setup() {
     python3 -m pip install -q --user uv || curl -LsSf https://astral.sh/uv/install.sh | sh
   fi
   [[ -x "${venv}/bin/python" ]] || uv venv -q --python "${pyver}" "${venv}"
-  uv pip install -q --python "${venv}/bin/python" -U "${jax_spec}" "${src}" \
+  uv pip install -q --python "${venv}/bin/python" -U "${jax_spec}" "${src}[gcs]" \
     -f https://storage.googleapis.com/jax-releases/libtpu_releases.html
   "${venv}/bin/python" -c 'import aggpose_jax, jax, sys; print(sys.version.split()[0], "jax", jax.__version__)'
 }
@@ -239,9 +242,15 @@ step_run() {
   fi
 
   free_the_tpu
-  make_workdir "${wd}"
+  local logs=${wd}/logs
+  if [[ "${wd}" == gs://* ]]; then
+    logs=${AGGPOSE_LOG_DIR:-${HOME}/aggpose-logs}  # the job writes to Cloud Storage itself
+    mkdir -p "${logs}"
+  else
+    make_workdir "${wd}"
+  fi
   local log
-  log=${wd}/logs/worker_$(hostname).log
+  log=${logs}/worker_$(hostname).log
   touch "${log}"
   printf '%s\n' "${id}" >"${STATE}/run.id"
   rm -f "${STATE}/run.rc" "${STATE}/run.pid"

@@ -555,7 +555,7 @@ def test_tpu_queued_resume_recreates_after_preemption(no_gcloud: dict[str, str],
     [
         (["--dry-run"], {}, "no step given"),
         (["run", "--dry-run"], {"ZONE": ""}, "set ZONE"),
-        (["run", "--dry-run", "--", "--workdir", "runs/x"], {}, "WORKDIR must be absolute"),
+        (["run", "--dry-run", "--", "--workdir", "runs/x"], {}, "WORKDIR must be a gs:// URL or absolute"),
         (["run", "--dry-run"], {}, "set WORKDIR or pass --workdir"),
         (["launch", "--dry-run"], {}, "unknown option or step 'launch'"),
         (
@@ -570,6 +570,14 @@ def test_tpu_usage_errors(no_gcloud: dict[str, str], args: list[str], env: dict[
     proc = run_script("tpu_pod.sh", *args, env={**no_gcloud, **env})
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert len(proc.stderr.splitlines()) == 1
+
+
+def test_tpu_gs_workdir_dry_run(no_gcloud: dict[str, str]) -> None:
+    """A gs:// WORKDIR goes to the workers as it is (the job writes checkpoints to Cloud Storage itself)."""
+    proc = run_script("tpu_pod.sh", "--bucket", "b", "run", "--dry-run", "--", "--workdir=gs://b/runs/l", env=no_gcloud)
+    assert proc.returncode == 0, proc.stderr
+    (run_line,) = [c for c in _gcloud_commands(proc.stdout) if any("tpu_worker.sh run" in w for w in c)]
+    assert "--workdir=gs://b/runs/l" in " ".join(run_line)
 
 
 def test_tpu_delete_dry_run(no_gcloud: dict[str, str]) -> None:
@@ -773,6 +781,19 @@ def test_worker_refuses_a_workdir_on_gcsfuse(worker: tuple[list[str], dict[str, 
     assert not (tmp_path / "started_g").exists()
 
 
+def test_worker_gs_workdir_logs_on_the_worker(worker: tuple[list[str], dict[str, str]], tmp_path: Path) -> None:
+    """A gs:// WORKDIR: nothing is created for it on the worker (the job writes to Cloud Storage itself); the
+    worker's log goes to ~/aggpose-logs."""
+    cmd, env = worker
+    cmd = [c if not c.startswith("--workdir=") else "--workdir=gs://bucket/runs/l" for c in cmd]
+    proc = subprocess.run([*cmd, "--id=S", "--", "s"], env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    (log,) = (tmp_path / "home" / "aggpose-logs").iterdir()
+    assert log.name.startswith("worker_") and "job [" in log.read_text()
+    assert not (tmp_path / "wd").exists() and not (tmp_path / "repo" / "gs:").exists()
+    assert (tmp_path / "started_s").exists()
+
+
 def test_worker_setup(tmp_path: Path) -> None:
     """setup with stand-ins for the system tools: apt-get is retried while the apt lock is held (a fresh VM),
     NFS is mounted read-write, the bucket read-only, the checkout unpacked, and the environment made with uv
@@ -835,7 +856,7 @@ def test_worker_setup(tmp_path: Path) -> None:
     venv = home / "aggpose-venv"
     assert f"uv venv -q --python 3.11 {venv}" in lines
     (install,) = [line for line in lines if line.startswith("uv pip install")]
-    assert install.startswith(f"uv pip install -q --python {venv}/bin/python -U jax[tpu] {home / 'aggpose-jax'} ")
+    assert install.startswith(f"uv pip install -q --python {venv}/bin/python -U jax[tpu] {home / 'aggpose-jax'}[gcs] ")
     assert proc.stdout.startswith("python -c import aggpose_jax")  # the new environment imports the package
     # again (gcloud re-runs a command whose connection dropped): the environment is kept
     proc = subprocess.run(setup, env=env, cwd=home, capture_output=True, text=True, timeout=60, check=False)
