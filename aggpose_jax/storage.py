@@ -58,7 +58,9 @@ def _gcs() -> Any:
         import gcsfs
     except ImportError:
         raise ValueError("gs:// paths need gcsfs: pip install 'aggpose-jax[gcs]'") from None
-    return gcsfs.GCSFileSystem()
+    # The arguments etils.epath (Orbax's paths) creates its gcsfs with: fsspec then hands both the same
+    # instance, so one listing cache sees every change (with two, Orbax found a step that was moved away).
+    return gcsfs.GCSFileSystem(finalize_on_close=True)
 
 
 def _key(url: str) -> str:
@@ -178,8 +180,7 @@ def rename(src: str, dest: str) -> None:
     else:
         fs.copy(_key(src), _key(dest))
         fs.rm_file(_key(src))
-    fs.invalidate_cache(_key(dirname(src)))
-    fs.invalidate_cache(_key(dirname(dest)))
+    fs.invalidate_cache()  # every listing: those of the folders below src too
 
 
 def put_folder(local: str, dest: str) -> None:

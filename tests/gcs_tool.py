@@ -3,6 +3,7 @@ environment points gcsfs and TensorStore at it).
 
   objects URL            JSON {name relative to URL: generation} of every object under URL
   write URL TEXT         write TEXT to the object URL
+  truncate-arrays URL    every array data file under URL (objects in a folder named d) cut to half its size
   params URL OUT.npz     the parameters of the latest training checkpoint of workdir URL, saved to OUT.npz
 """
 
@@ -21,6 +22,12 @@ if command == "objects":
     print(json.dumps({name[len(key) + 1 :]: info.get("generation") for name, info in found.items()}))
 elif command == "write":
     storage.write_text(url, rest[0])
+elif command == "truncate-arrays":
+    fs = storage._gcs()
+    for name in fs.find(url.split("://", 1)[1]):
+        if name.split("/")[-2] == "d":
+            data = fs.cat_file(name)
+            fs.pipe_file(name, data[: len(data) // 2])
 elif command == "params":
     import jax
     import numpy as np

@@ -397,7 +397,8 @@ def test_a_gs_workdir_on_a_cloud_storage_emulator_kill_busy_resume(setup, gcs_em
     """A workdir on Cloud Storage (README "Cloud Storage"): a run killed after its first checkpoint leaves
     it committed on gs://; a second run while a live run holds the lock is refused and writes nothing; the
     rerun takes the stale lock over, resumes, evaluates, and ends bitwise equal to the local reference run,
-    with its records (config, metrics, evaluation files, TensorBoard events) on gs:// and the lock gone."""
+    with its records (config, metrics, evaluation files, TensorBoard events) on gs:// and the lock gone;
+    then the latest checkpoint damaged on the bucket is set aside and the run retrained from step 3."""
     config, reference, _ = setup
     env = gcs_emulator
     url = f"gs://bucket/faults-{os.getpid()}/run"
@@ -435,4 +436,16 @@ def test_a_gs_workdir_on_a_cloud_storage_emulator_kill_busy_resume(setup, gcs_em
     _gcs_tool(env, "params", url, str(tmp_path / "params.npz"))
     with np.load(tmp_path / "params.npz") as saved:
         assert int(saved["step"]) == 6
+        _assert_same([saved[f"arr_{i}"] for i in range(len(reference))], reference)
+
+    # The latest checkpoint damaged on the bucket: set aside (copied, then deleted), retrained from step 3.
+    _gcs_tool(env, "truncate-arrays", f"{url}/checkpoints/6")
+    again = _run(config, url, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    lines = _check_console(again)
+    assert any("checkpoint step 6 is unreadable" in line for line in lines), lines
+    objects = json.loads(_gcs_tool(env, "objects", url))
+    assert any(name.startswith("checkpoints_unreadable/6-") for name in objects), sorted(objects)
+    _gcs_tool(env, "params", url, str(tmp_path / "params.npz"))
+    with np.load(tmp_path / "params.npz") as saved:
         _assert_same([saved[f"arr_{i}"] for i in range(len(reference))], reference)

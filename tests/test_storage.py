@@ -124,3 +124,52 @@ def test_a_gs_path_without_gcsfs_is_one_line(tmp_path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
     assert out.strip() == "gs:// paths need gcsfs: pip install 'aggpose-jax[gcs]'"
+
+
+def test_one_listing_cache_with_orbax_paths(gcs) -> None:
+    """Orbax reaches gs:// through etils.epath's gcsfs; a folder moved here must be gone for it too (with
+    two file-system instances, Orbax tried to delete a checkpoint step that had been set aside)."""
+    from etils import epath
+
+    base = f"gs://bucket/shared-cache-{os.getpid()}"
+    storage.write_text(storage.join(base, "checkpoints", "6", "state", "a"), "x")
+    assert epath.Path(base, "checkpoints", "6").exists()
+    assert [p.name for p in epath.Path(base, "checkpoints").iterdir()] == ["6"]  # listed: now cached
+    storage.rename(storage.join(base, "checkpoints", "6"), storage.join(base, "checkpoints_unreadable", "6-x"))
+    assert not epath.Path(base, "checkpoints", "6").exists()
+    assert not epath.Path(base, "checkpoints", "6", "state").exists()
+
+
+def test_a_gs_workdir_generates_its_synthetic_set_on_each_host() -> None:
+    """The input pipeline reads local files: with data.root='' and a gs:// workdir the set goes to a local
+    folder standing for <workdir>/synthetic, made by every process that lacks it (same seed, same set)."""
+    import tempfile
+
+    from aggpose_jax.config import base_config, validate
+
+    data = validate(base_config(), workdir="gs://bucket/runs/l/").data
+    assert data.generate_synthetic and data.synthetic_on_each_host
+    assert data.root == os.path.join(tempfile.gettempdir(), "aggpose_jax", "gs", "bucket", "runs", "l", "synthetic")
+    local = validate(base_config(), workdir="runs/l").data
+    assert local.root == os.path.abspath("runs/l/synthetic") and not local.synthetic_on_each_host
+
+
+def test_prepare_data_for_a_gs_workdir_generates_locally() -> None:
+    import shutil
+
+    from aggpose_jax.config import base_config, validate
+    from aggpose_jax.workdir import prepare_data
+
+    config = base_config()
+    config.data.synthetic.num_images = 4
+    config.data.synthetic.image_size = (96, 128)
+    data = validate(config, workdir=f"gs://bucket/prepare-{os.getpid()}").data
+    try:
+        prepare_data(data)  # no object storage involved: the emulator is not even running here
+        ann = os.path.join(data.root, "annotations", "person_keypoints_val2017.json")
+        first = os.stat(ann).st_mtime_ns
+        prepare_data(data)  # present: kept
+        assert os.stat(ann).st_mtime_ns == first
+        assert not [n for n in os.listdir(os.path.dirname(data.root)) if ".tmp" in n]
+    finally:
+        shutil.rmtree(os.path.dirname(data.root), ignore_errors=True)
