@@ -64,6 +64,8 @@ def _gcs() -> Any:
 
 
 def _key(url: str) -> str:
+    if not url.startswith("gs://"):
+        raise ValueError(f"{url}: only local paths and gs:// URLs are supported")
     return url.split("://", 1)[1]
 
 

@@ -173,3 +173,8 @@ def test_prepare_data_for_a_gs_workdir_generates_locally() -> None:
         assert not [n for n in os.listdir(os.path.dirname(data.root)) if ".tmp" in n]
     finally:
         shutil.rmtree(os.path.dirname(data.root), ignore_errors=True)
+
+
+def test_other_url_schemes_are_one_line() -> None:
+    with pytest.raises(ValueError, match=r"^s3://b/x: only local paths and gs:// URLs are supported$"):
+        storage.exists("s3://b/x")
