@@ -48,6 +48,11 @@ def local_folder_for(url: str) -> str:
     return os.path.join(tempfile.gettempdir(), "aggpose_jax", *url.replace("://", "/").strip("/").split("/"))
 
 
+def local_folder(path: str) -> str:
+    """``path`` itself when local; for a URL, the local folder standing for it (for writers that need files)."""
+    return local_folder_for(path) if is_url(path) else path
+
+
 @functools.cache
 def _gcs() -> Any:
     """The gcsfs file system (imported here: an optional dependency, needed for ``gs://`` paths only)."""
@@ -217,6 +222,7 @@ __all__ = [
     "isfile",
     "join",
     "listdir",
+    "local_folder",
     "local_folder_for",
     "makedirs",
     "put_folder",

@@ -150,7 +150,7 @@ def evaluate_params(
     graphdef, _, other = split_model(model_cfg)
     out_dir = storage.join(workdir, "eval", name or f"step_{step:08d}")
     # The evaluation writes local files (pycocotools, OpenCV); for a gs:// workdir they are copied up after.
-    local = storage.local_folder_for(out_dir) if storage.is_url(out_dir) else out_dir
+    local = storage.local_folder(out_dir)
     metrics = run_evaluation(run, make_predict_fn(graphdef, other, params, mesh), local)
     if local != out_dir and jax.process_index() == 0:
         storage.put_folder(local, out_dir)

@@ -220,9 +220,7 @@ class TrainCheckpointer:
         # Orbax's and TensorStore's own messages during a restore go to this file (a local one: the output
         # of fd 2 is pointed at it); for a gs:// workdir, in the local folder that stands for it.
         logs = storage.join(storage.dirname(self.directory), "logs")
-        self.restore_log = os.path.join(
-            storage.local_folder_for(logs) if storage.is_url(logs) else logs, "checkpoint_restore.log"
-        )
+        self.restore_log = os.path.join(storage.local_folder(logs), "checkpoint_restore.log")
         _route_background_output(self.restore_log)
         _write_small_arrays_from_one_replica()
         policy = ocm.AnyPreservationPolicy(

@@ -29,8 +29,10 @@ class Progress:
         self.is_main = jax.process_index() == 0
         self.writer = None
         self.tb_dir = storage.join(workdir, "tb")
-        # tensorboardX writes local files; for a gs:// workdir they are copied up at each flush
-        self._tb_local = storage.local_folder_for(self.tb_dir) if storage.is_url(self.tb_dir) else self.tb_dir
+        # tensorboardX writes local files; for a gs:// workdir they are copied up (at most once a minute, and
+        # at the end: each copy sends the whole events file)
+        self._tb_local = storage.local_folder(self.tb_dir)
+        self._uploaded = float("-inf")
         if tensorboard and self.is_main:
             from tensorboardX import SummaryWriter
 
@@ -73,11 +75,13 @@ class Progress:
             for key, value in values.items():
                 self.writer.add_scalar(key, float(value), int(step))
             self.writer.flush()
-            self._upload()
+            if time.monotonic() - self._uploaded > 60:
+                self._upload()
 
     def _upload(self) -> None:
         if self._tb_local != self.tb_dir:
             storage.put_folder(self._tb_local, self.tb_dir)
+            self._uploaded = time.monotonic()
 
     def close(self) -> None:
         if self.writer is not None:
