@@ -14,7 +14,6 @@ from aggpose_jax.model_source import read_model
 from aggpose_jax.models import cpu_kernels
 from aggpose_jax.models.aggpose import AggPose, ModelConfig
 from aggpose_jax.params import bind
-from aggpose_jax.pose.keypoints import keypoint_set_for
 from aggpose_jax.predict.runner import Predictor
 
 
@@ -28,7 +27,7 @@ class PoseModel(HeatmapModel):
         ``keypoints``: the keypoint set's name (default: 'coco' for 17 joints, 'infant' for 21); ``options``:
         the predictor's (``flip``, ``decode``, ``batch_size``, ``subject``, ``min_box_score``, ``progress``).
         """
-        return Predictor(self, keypoint_set_for(self.config.num_joints, keypoints, where="predictor"), **options)
+        return Predictor(self, keypoints, **options)
 
 
 def load(path: str | os.PathLike, config: ConfigSpec = None, *, which: str = "latest") -> PoseModel:

@@ -16,9 +16,9 @@ from aggpose_jax import config as config_lib
 from aggpose_jax import storage
 from aggpose_jax import workdir as workdir_lib
 from aggpose_jax.config import RunConfig
-from aggpose_jax.data.cli_errors import EXIT_BAD_INPUT, EXIT_FAULT, one_line
+from aggpose_jax.data.cli_errors import EXIT_BAD_INPUT, EXIT_FAULT
 from aggpose_jax.distributed import maybe_initialize_distributed, spec_from_env
-from aggpose_jax.errors import AggposeError, TrainCheckpointError
+from aggpose_jax.errors import AggposeError, TrainCheckpointError, one_line
 from aggpose_jax.evaluate.job import evaluate_params, evaluate_run
 from aggpose_jax.logs import log, setup_logging
 from aggpose_jax.train.loop import NonFiniteLossError, Trainer

@@ -19,7 +19,8 @@ from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
 from aggpose_jax import config as config_lib
-from aggpose_jax.data.cli_errors import EXIT_BAD_INPUT, one_line
+from aggpose_jax.data.cli_errors import EXIT_BAD_INPUT
+from aggpose_jax.errors import one_line
 from aggpose_jax.job import JobError, run
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from aggpose_jax.errors import CheckpointError
+from aggpose_jax.errors import CheckpointError, one_line
 from aggpose_jax.models.aggpose import ModelConfig
 from aggpose_jax.params import abstract_params, check_params, count_params, to_pure
 
@@ -140,9 +140,8 @@ def load_model(directory: str | os.PathLike) -> tuple[ModelConfig, dict]:
     except CheckpointError:
         raise
     except Exception as err:  # orbax raises many types (FileNotFoundError, ValueError, KeyError, ...)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
-            f"{params_dir}: cannot restore the parameters ({type(err).__name__}: {first[:300]})"
+            f"{params_dir}: cannot restore the parameters ({type(err).__name__}: {one_line(err, limit=300)})"
         ) from None
     return config, jax.tree.map(lambda a: np.array(a, np.float32), params)
 

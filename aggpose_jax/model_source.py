@@ -24,12 +24,11 @@ from aggpose_jax.convert import import_mit_backbone, load_torch_checkpoint
 from aggpose_jax.errors import CheckpointError
 from aggpose_jax.models.aggpose import ModelConfig
 from aggpose_jax.params import abstract_params, check_architecture, init_params, load_matching
-from aggpose_jax.train.checkpoints import restore_params
+from aggpose_jax.train.checkpoints import check_which, restore_params
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["model_dir", "workdir", "file"]
-WHICH = ("latest", "best")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +70,7 @@ def read_model(
     training workdir (its ``which`` = 'latest' or 'best' training checkpoint). With ``config`` given, the
     returned config is it (so its non-architecture fields such as ``dtype`` apply).
     """
-    if which not in WHICH:
-        raise ValueError(f"which: must be 'latest' or 'best', got {which!r}")
+    check_which(which)
     path = os.fspath(path)
     kind = checkpoint_kind(path)
     step = None

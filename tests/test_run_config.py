@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from types import SimpleNamespace
 
 import pytest
 
 from aggpose_jax.config import RunConfig, TrainSchedule, base_config, validate
+from aggpose_jax.convert.mapping import CheckpointMismatchError
 from aggpose_jax.data.pipeline import BatchSplit
-from aggpose_jax.errors import AggposeError, CheckpointError, InputError, TrainCheckpointError
+from aggpose_jax.errors import AggposeError, CheckpointError, InputError, TrainCheckpointError, one_line
+from aggpose_jax.inference import PoseModel
 from aggpose_jax.model_source import checkpoint_kind
 from aggpose_jax.models import cpu_kernels
+from aggpose_jax.models.aggpose import get_model_config
+from aggpose_jax.params import bind, init_params
 from aggpose_jax.pose.keypoints import keypoint_set_for
+
+FIVE_JOINTS = dataclasses.replace(get_model_config("aggpose_tiny"), num_joints=5)
 
 
 def _devices(processes: int, per_process: int) -> list[SimpleNamespace]:
@@ -88,6 +95,26 @@ def test_joint_count_to_keypoint_set_has_one_owner():
         keypoint_set_for(5, where="m.pth")
     with pytest.raises(ValueError, match="predicts 17 joints but keypoint set 'infant' has 21"):
         keypoint_set_for(17, "infant")
+    # The Python API's Predictor asks the same owner: a 5-joint model is refused, not labelled COCO.
+    model = PoseModel(FIVE_JOINTS, bind(FIVE_JOINTS, init_params(FIVE_JOINTS, 0)))
+    with pytest.raises(ValueError, match="Predictor: the model predicts 5 joints; name its keypoint set"):
+        model.predictor()
+    with pytest.raises(ValueError, match="predicts 5 joints but keypoint set 'coco' has 17"):
+        model.predictor("coco")
+
+
+def test_one_line_is_the_one_formatter():
+    listing = "2 tensors do not fit:\n  missing (1):\n    a.weight\n  mis-shaped (1):\n    b.bias  (3,) vs (4,)"
+    assert one_line(listing) == "2 tensors do not fit: missing (1): a.weight; mis-shaped (1): b.bias (3,) vs (4,)"
+    assert one_line(FileNotFoundError(2, "No such file or directory", "/x/y.json")) == (
+        "No such file or directory: /x/y.json"
+    )
+    assert one_line(KeyError()) == "KeyError"
+    long = "/very/long/path/" * 30 + "end.json is unreadable"
+    short = one_line(long, limit=80)
+    assert len(short) == 80 and short.startswith("/very/long/") and short.endswith("end.json is unreadable")
+    assert "..." in short and one_line("fits", limit=80) == "fits"
+    assert issubclass(CheckpointMismatchError, CheckpointError)  # the converter's errors are in the hierarchy
 
 
 def test_one_error_hierarchy_and_one_checkpoint_kind_dispatch(tmp_path):
@@ -105,3 +132,16 @@ def test_one_error_hierarchy_and_one_checkpoint_kind_dispatch(tmp_path):
         checkpoint_kind(tmp_path)
     with pytest.raises(CheckpointError, match="nowhere: no such file or directory"):
         checkpoint_kind(tmp_path / "nowhere")
+
+
+def test_best_step_has_one_rule_for_checkpoints_and_metrics_json(tmp_path):
+    from aggpose_jax.evaluate.job import record_metrics
+    from aggpose_jax.train.checkpoints import best_step
+
+    history = [(2, {"AP": 0.5}), (4, {"AP": 0.7}), (6, {"AP": 0.7}), (8, {"AP": float("nan")}), (10, {"AR": 0.9})]
+    assert best_step(history) == 6  # the later step on a tie; NaN and missing AP never win
+    assert best_step([(3, None), (5, {})]) is None
+    for step, metrics in history:
+        record_metrics(str(tmp_path), step, metrics, f"eval/{step}")
+    recorded = json.loads((tmp_path / "metrics.json").read_text())
+    assert recorded["best"]["step"] == 6 and recorded["latest"]["step"] == 10

@@ -15,23 +15,12 @@ from collections.abc import Sequence
 from aggpose_jax.convert.mapping import CheckpointMismatchError, infer_model_config, torch_to_flax
 from aggpose_jax.convert.mit import MitImportReport, import_mit_backbone
 from aggpose_jax.convert.torch_reader import read_state_dict, read_torch_file
-from aggpose_jax.errors import CheckpointError
+from aggpose_jax.errors import CheckpointError, one_line
 from aggpose_jax.model_dir import save_model
 from aggpose_jax.models.aggpose import VARIANTS, ModelConfig, get_model_config
 from aggpose_jax.params import init_params
 
 ConfigSpec = ModelConfig | str | os.PathLike | None
-
-
-def one_line(message: str) -> str:
-    """Fold a multi-line listing ('title (n):' lines followed by indented items) into one line."""
-    out = ""
-    for line in (s.strip() for s in str(message).splitlines()):
-        if not line:
-            continue
-        sep = "" if not out else (" " if out.endswith(":") else "; " if line.endswith(":") else ", ")
-        out += sep + line
-    return out
 
 
 def resolve_config(spec: ConfigSpec) -> ModelConfig | None:
@@ -134,7 +123,6 @@ __all__ = [
     "import_mit_backbone",
     "init_from_mit",
     "load_torch_checkpoint",
-    "one_line",
     "read_state_dict",
     "read_torch_file",
     "resolve_config",

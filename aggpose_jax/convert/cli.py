@@ -12,16 +12,9 @@ import math
 import sys
 from collections.abc import Sequence
 
-from aggpose_jax.convert import (
-    CheckpointMismatchError,
-    convert_checkpoint,
-    describe_config,
-    init_from_mit,
-    one_line,
-    resolve_config,
-)
+from aggpose_jax.convert import convert_checkpoint, describe_config, init_from_mit, resolve_config
 from aggpose_jax.convert.mapping import expected_torch_shapes
-from aggpose_jax.errors import CheckpointError
+from aggpose_jax.data.cli_errors import run_cli
 
 
 def _heads(text: str) -> tuple[int, ...]:
@@ -70,23 +63,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.mit:
-            if args.config is None:
-                raise ValueError("--mit needs --config (e.g. aggpose_l for mit_b5, aggpose_s for mit_b2)")
-            config = resolve_config(args.config)
-            if args.heads is not None:
-                config = dataclasses.replace(config, heads=args.heads)
-            config, report = init_from_mit(args.src, args.dest, config, seed=args.seed, force=args.force)
-            print(report.summary())
-        else:
-            config = convert_checkpoint(
-                args.src, args.dest, config=args.config, heads=args.heads, key=args.key, force=args.force
-            )
-    except (CheckpointError, CheckpointMismatchError, FileExistsError, ValueError, OSError) as err:
-        text = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) and err.filename and err.strerror else err
-        print(f"aggpose-convert: error: {one_line(str(text))}", file=sys.stderr)
-        return 2
+    return run_cli("aggpose-convert", lambda: _convert(args))
+
+
+def _convert(args: argparse.Namespace) -> int:
+    if args.mit:
+        if args.config is None:
+            raise ValueError("--mit needs --config (e.g. aggpose_l for mit_b5, aggpose_s for mit_b2)")
+        config = resolve_config(args.config)
+        if args.heads is not None:
+            config = dataclasses.replace(config, heads=args.heads)
+        config, report = init_from_mit(args.src, args.dest, config, seed=args.seed, force=args.force)
+        print(report.summary())
+    else:
+        config = convert_checkpoint(
+            args.src, args.dest, config=args.config, heads=args.heads, key=args.key, force=args.force
+        )
     shapes = expected_torch_shapes(config)
     num_params = sum(math.prod(s) for s in shapes.values())
     print(f"wrote {args.dest}")

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from aggpose_jax.errors import CheckpointError
 from aggpose_jax.models.aggpose import ModelConfig, stack_name
 from aggpose_jax.params import abstract_params
 
@@ -30,7 +31,7 @@ _LEAF_TO_TORCH = {"kernel": "weight", "scale": "weight", "bias": "bias"}
 _MAX_LISTED = 20
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(CheckpointError):
     """A state dict does not fit a model configuration (missing, unexpected or mis-shaped tensors)."""
 
 

@@ -1,8 +1,8 @@
 """The command-line layer of every console command: one-line errors, exit codes, the shared model flags.
 
 Exit codes: 0 done, 1 a fault during a run, 2 bad input (a file, flag or config field), 130 Ctrl-C,
-143 SIGTERM. ``one_line`` is the one formatter of an error for the console (``aggpose_jax.errors`` holds
-the error hierarchy and each error's exit code); ``add_model_flags``/``model_flags`` are the
+143 SIGTERM. ``aggpose_jax.errors`` holds the error hierarchy, each error's exit code and ``one_line``, the
+one formatter of an error for the console; ``add_model_flags``/``model_flags`` are the
 model-loading flags shared by ``aggpose-predict`` and ``aggpose-export``.
 
 
@@ -22,6 +22,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from aggpose_jax.errors import one_line
+
 __all__ = [
     "EXIT_BAD_INPUT",
     "EXIT_FAULT",
@@ -31,7 +33,6 @@ __all__ = [
     "add_model_flags",
     "model_flags",
     "make_writable_dir",
-    "one_line",
     "require_dir",
     "require_file",
     "require_writable_dir",
@@ -50,17 +51,6 @@ class Terminated(SystemExit):
 
     def __init__(self) -> None:
         super().__init__(EXIT_TERMINATED)
-
-
-def one_line(error: BaseException | str) -> str:
-    """The error's message (or a message) on one line (an OSError as 'reason: path')."""
-    if isinstance(error, str):
-        msg = error
-    elif isinstance(error, OSError) and error.strerror and error.filename is not None:
-        msg = f"{error.strerror}: {os.fspath(error.filename)}"
-    else:
-        msg = str(error) or type(error).__name__
-    return " ".join(msg.split())
 
 
 def require_dir(path: str, what: str) -> str:

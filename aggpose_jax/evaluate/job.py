@@ -32,7 +32,7 @@ from aggpose_jax.logs import log, write_json
 from aggpose_jax.model_source import eval_params
 from aggpose_jax.models.aggpose import ModelConfig
 from aggpose_jax.params import abstract_params, split_model
-from aggpose_jax.train.checkpoints import restore_params
+from aggpose_jax.train.checkpoints import best_step, restore_params
 
 
 def local_params(params: Any, mesh: jax.sharding.Mesh | None = None) -> tuple[Any, jax.sharding.Mesh]:
@@ -123,7 +123,11 @@ def record_metrics(workdir: str, step: int, metrics: dict[str, float], out_dir: 
     entry = {"step": int(step), "out_dir": out_dir, **{k: float(v) for k, v in metrics.items()}}
     history["evaluations"] = [e for e in history.get("evaluations", []) if e.get("step") != step] + [entry]
     history["latest"] = entry
-    history["best"] = max(history["evaluations"], key=lambda e: e.get("AP", float("-inf")))
+    by_step = {e.get("step"): e for e in history["evaluations"]}
+    best = best_step(by_step.items())
+    history.pop("best", None)
+    if best is not None:
+        history["best"] = by_step[best]
     write_json(path, history)
     log.info(
         "step %d: AP %.4f (AP50 %.4f, AR %.4f) -> %s",

@@ -24,7 +24,8 @@ import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
-from aggpose_jax.data.cli_errors import add_model_flags, model_flags, one_line
+from aggpose_jax.data.cli_errors import add_model_flags, model_flags
+from aggpose_jax.errors import one_line
 from aggpose_jax.predict.outputs import DEFAULT_OUTPUTS, OUTPUT_KINDS
 from aggpose_jax.predict.video import NativeLog
 

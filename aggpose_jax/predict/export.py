@@ -28,8 +28,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from aggpose_jax.data.cli_errors import EXIT_BAD_INPUT, add_model_flags, model_flags, one_line
+from aggpose_jax.data.cli_errors import EXIT_BAD_INPUT, add_model_flags, model_flags
 from aggpose_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from aggpose_jax.errors import one_line
 from aggpose_jax.heatmaps import heatmap_function
 from aggpose_jax.predict.model import load_model
 from aggpose_jax.predict.outputs import check_out_dir

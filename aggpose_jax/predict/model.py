@@ -44,8 +44,6 @@ def load_model(
     17 -> 'coco', 21 -> 'infant'); ``kernels``: the layers' compute form ('auto', 'cpu', 'xla').
     """
     path = os.fspath(path)
-    if which not in ("latest", "best"):
-        raise ValueError(f"which must be 'latest' or 'best', got {which!r}")
     source = read_model(path, which=which)
     kind, params = source.kind, source.params
     changes: dict[str, Any] = {"drop_path_rate": 0.0}

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from aggpose_jax.pose.keypoints import KeypointSet, keypoint_set_for
 from aggpose_jax.predict import provenance
 from aggpose_jax.predict.batching import Batcher, Item, Prefetch, Timings
 from aggpose_jax.predict.boxes import Box, BoxesError, BoxesFile, BoxPlan
@@ -233,8 +234,8 @@ class Predictor:
     """Keypoints of images and videos with a loaded AggPose (the Python API beneath ``aggpose-predict``).
 
     Args:
-      model: a ``LoadedModel`` (:func:`aggpose_jax.predict.model.load_model`) or a ``PoseModel`` with
-        ``keypoint_set`` given.
+      model: a ``LoadedModel`` (:func:`aggpose_jax.predict.model.load_model`) or a ``PoseModel``;
+        keypoint_set: the set of a ``PoseModel`` (default: from its joint count, 17 'coco', 21 'infant').
       flip: flip test (mirrored crops averaged, as in evaluation). decode: 'dark' or 'argmax'.
       batch_size: crops per model call (default: 4 on CPU, 16 on accelerators). subject: single-subject
         mode settings. min_box_score: boxes-file
@@ -248,7 +249,7 @@ class Predictor:
     def __init__(
         self,
         model: Any,
-        keypoint_set: Any = None,
+        keypoint_set: KeypointSet | str | None = None,
         *,
         flip: bool = True,
         decode: str = "dark",
@@ -261,11 +262,8 @@ class Predictor:
         if isinstance(model, LoadedModel):
             self.loaded = model
         else:
-            if keypoint_set is None:
-                from aggpose_jax.pose.keypoints import get_keypoint_set
-
-                keypoint_set = get_keypoint_set({17: "coco", 21: "infant"}.get(model.config.num_joints, "coco"))
-            self.loaded = LoadedModel(model, keypoint_set, {"config": model.config.to_dict()})
+            kset = keypoint_set_for(model.config.num_joints, keypoint_set, where="Predictor")
+            self.loaded = LoadedModel(model, kset, {"config": model.config.to_dict()})
         self.keypoint_set = self.loaded.keypoint_set
         self.engine = CropEngine(self.loaded.model, self.keypoint_set, flip=flip, decode=decode, batch_size=batch_size)
         self.subject = subject or SubjectSettings()

@@ -34,12 +34,13 @@ import functools
 import gc
 import json
 import logging
+import math
 import os
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -51,6 +52,7 @@ from orbax.checkpoint import checkpoint_managers as ocm
 from aggpose_jax import storage
 from aggpose_jax.distributed import barrier
 from aggpose_jax.errors import TrainCheckpointError as CheckpointError  # the package's one error hierarchy
+from aggpose_jax.errors import one_line
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +202,22 @@ def _write_small_arrays_from_one_replica() -> None:
         absl_logging.set_verbosity(level)
 
 
+BEST_METRIC = "AP"
+
+
+def best_step(
+    metrics_by_step: Iterable[tuple[int | None, Mapping[str, Any] | None]], metric: str = BEST_METRIC
+) -> int | None:
+    """The step with the highest finite ``metric`` (the later step on a tie), None when no step has one: the
+    one rule behind a workdir's 'best' checkpoint and the 'best' entry of its metrics.json."""
+    scored = [
+        (float(m[metric]), int(step))
+        for step, m in metrics_by_step
+        if step is not None and m and metric in m and math.isfinite(float(m[metric]))
+    ]
+    return max(scored)[1] if scored else None
+
+
 @dataclasses.dataclass(frozen=True)
 class Restored:
     """What a restore did: the step and state resumed from, how the data position was restored (one line),
@@ -214,7 +232,7 @@ class Restored:
 class TrainCheckpointer:
     """Save/restore ``(state pytree, data iterator)`` pairs under ``directory``."""
 
-    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True, best_metric: str = "AP"):
+    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True, best_metric: str = BEST_METRIC):
         self.directory = storage.absolute(directory)
         self.best_metric = best_metric
         # Orbax's and TensorStore's own messages during a restore go to this file (a local one: the output
@@ -249,12 +267,7 @@ class TrainCheckpointer:
 
     def best_step(self) -> int | None:
         """The preserved step with the highest ``best_metric`` (None before any evaluation)."""
-        scored = [
-            (float(m[self.best_metric]), step)
-            for step in self.manager.all_steps()
-            if (m := self.manager.metrics(step)) and self.best_metric in m
-        ]
-        return max(scored)[1] if scored else None
+        return best_step(((s, self.manager.metrics(s)) for s in self.manager.all_steps()), self.best_metric)
 
     def save(self, step: int, state: Any, data_iterator: Any, metrics: dict[str, float] | None = None) -> None:
         """Start saving (asynchronous for ``state``); the iterator state is captured now."""
@@ -320,8 +333,8 @@ class TrainCheckpointer:
                 traceback.print_exception(problem, file=details)
             moved = self._move_aside(step)
             set_aside.append(moved)
-            log.warning(_one_line(f"checkpoint step {step} is unreadable ({type(problem).__name__}); set aside as "
-                                  f"{moved}; details in {self.restore_log}"))  # fmt: skip
+            log.warning(one_line(f"checkpoint step {step} is unreadable ({type(problem).__name__}); set aside as "
+                                 f"{moved}; details in {self.restore_log}", limit=200))  # fmt: skip
         if steps:
             raise CheckpointError(
                 f"none of the {len(steps)} checkpoints in {self.directory} can be read (set aside in "
@@ -439,22 +452,31 @@ def restore_data_position(saved: dict[str, Any], iterator: Any, step: int) -> st
     )
 
 
+WHICH = ("latest", "best")
+
+
+def check_which(which: str) -> None:
+    """``ValueError`` unless ``which`` names a workdir's checkpoint: 'latest' or 'best'."""
+    if which not in WHICH:
+        raise ValueError(f"which: must be 'latest' or 'best', got {which!r}")
+
+
 def restore_params(directory: str, abstract_params: Any, *, which: str = "latest") -> tuple[int, Any]:
     """(step, params) of the ``which`` ('latest' or 'best') checkpoint under ``directory``, read-only.
 
     Only the parameters are read (no optimizer state, no data iterator). Host-local arrays, placed on
     the first local device.
     """
-    if which not in ("latest", "best"):
-        raise ValueError(f"which: must be 'latest' or 'best', got {which!r}")
+    check_which(which)
     if not storage.isdir(directory):
         raise FileNotFoundError(f"{directory}: no training checkpoints (the folder does not exist)")
     options = ocp.CheckpointManagerOptions(read_only=True, create=False)
     with ocp.CheckpointManager(directory, item_names=("state", "data"), options=options) as manager:
-        step = manager.latest_step()
-        if which == "best":
-            scored = [(float(m["AP"]), s) for s in manager.all_steps() if (m := manager.metrics(s)) and "AP" in m]
-            step = max(scored)[1] if scored else None
+        step = (
+            manager.latest_step()
+            if which == "latest"
+            else best_step((s, manager.metrics(s)) for s in manager.all_steps())
+        )
         if step is None:
             raise FileNotFoundError(f"{directory}: no {'evaluated ' if which == 'best' else ''}training checkpoint")
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -468,19 +490,17 @@ def restore_params(directory: str, abstract_params: Any, *, which: str = "latest
     return int(step), state["params"]
 
 
-def _one_line(text: str, limit: int = 200) -> str:
-    """``text`` on one line of at most ``limit`` characters (long paths shortened in the middle)."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit // 2 - 2] + "..." + text[-(limit // 2 - 1) :]
-
-
 __all__ = [
+    "BEST_METRIC",
+    "WHICH",
     "CheckpointError",
     "Restored",
     "DataHandler",
     "DataRestore",
     "DataSave",
     "TrainCheckpointer",
+    "best_step",
+    "check_which",
     "restore_data_position",
     "restore_params",
 ]
