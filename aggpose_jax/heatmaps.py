@@ -1,7 +1,8 @@
 """The heatmap runtime, the one owner: a model's jitted forward (with the flip test inside when asked) for
 evaluation, inference, prediction and export, and :class:`HeatmapModel`, a model with its parameters bound.
 
-Decoding heatmaps to image coordinates is ``aggpose_jax.pose.decode``'s.
+The flip test itself is ``aggpose_jax.pose.flip``'s; decoding heatmaps to image coordinates is
+``aggpose_jax.pose.decode``'s.
 """
 
 from __future__ import annotations
@@ -11,38 +12,41 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from aggpose_jax.models.aggpose import AggPose, ModelConfig
 from aggpose_jax.params import merge
+from aggpose_jax.pose.flip import with_flip_test
 
 
-def heatmap_function(graphdef: nnx.GraphDef, flip_index: np.ndarray | None = None) -> Any:
+def heatmap_function(graphdef: nnx.GraphDef, flip_index: Any = None, *, shift: bool = False) -> Any:
     """``f(state, images (B, H, W, 3)) -> float32 heatmaps (B, h, w, J)``; ``state``: the ``nnx.State`` of
-    ``nnx.split(model)`` or a (params, other) pair of ``params.split_model``. The flip test runs inside when
-    ``flip_index`` is given (mirrored crops run in the same batch; their heatmaps are flipped back, channels
-    permuted and averaged with the plain ones). Pure and jit/export-friendly (any batch size)."""
-    index = None if flip_index is None else np.asarray(flip_index, np.int32)
+    ``nnx.split(model)`` or a (params, other) pair of ``params.split_model``. With ``flip_index`` the flip
+    test (``pose.flip.with_flip_test``, ``shift``: HRNet's one-pixel shift) runs inside. Pure and
+    jit/export-friendly (any batch size)."""
 
     def forward(state: Any, images: jax.Array) -> jax.Array:
         model = merge(graphdef, *state) if isinstance(state, tuple) else nnx.merge(graphdef, state)
-        if index is None:
-            return model(images, deterministic=True).astype(jnp.float32)
-        n = images.shape[0]
-        both = jnp.concatenate([images, images[:, :, ::-1, :]], axis=0)
-        hm = model(both, deterministic=True).astype(jnp.float32)
-        back = jnp.take(hm[n:, :, ::-1, :], jnp.asarray(index), axis=-1)
-        return (hm[:n] + back) * 0.5
+
+        def plain(x: jax.Array) -> jax.Array:
+            return model(x, deterministic=True).astype(jnp.float32)
+
+        return plain(images) if flip_index is None else with_flip_test(plain, flip_index, shift=shift)(images)
 
     return forward
 
 
 @functools.lru_cache(maxsize=8)
-def jitted(graphdef: nnx.GraphDef, flip_index: tuple[int, ...] | None = None, out_sharding: Any = None) -> Any:
+def jitted(
+    graphdef: nnx.GraphDef,
+    flip_index: tuple[int, ...] | None = None,
+    out_sharding: Any = None,
+    *,
+    shift: bool = False,
+) -> Any:
     """One jitted :func:`heatmap_function` per model structure, flip setting and output placement in a process,
     so models built again for the same architecture (another checkpoint, another evaluation) reuse its code."""
-    fn = heatmap_function(graphdef, None if flip_index is None else np.asarray(flip_index))
+    fn = heatmap_function(graphdef, flip_index, shift=shift)
     return jax.jit(fn) if out_sharding is None else jax.jit(fn, out_shardings=out_sharding)
 
 

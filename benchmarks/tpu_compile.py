@@ -4,7 +4,7 @@
 (``jax.experimental.topologies.get_topology_desc``); the main job's own step functions are then lowered and
 compiled for its devices: the train step of ``train.loop.make_sharded_step`` (state replicated, or with
 ``--config.train.fsdp=True`` sharded over the chips) and the eval forward of ``evaluate.job.make_predict_fn``
-(``heatmaps.jitted`` on one host's chips), from a config exactly as ``aggpose_jax.main`` takes it
+(``evaluate.job.eval_forward``, on one host's chips), from a config exactly as ``aggpose_jax.main`` takes it
 (``config.validate`` against the slice's devices; ``model.kernels='auto'`` resolves to the TPU forms). Nothing
 runs: every figure is the compiler's or an estimate.
 
@@ -537,16 +537,17 @@ def recount(rows: list[dict[str, Any]], hlo_dir: str | None, flops: dict[str, An
 
 
 def compile_eval(config: Any, topology: str) -> dict[str, Any]:
-    """The eval forward as ``evaluate.job.make_predict_fn`` builds it (``heatmaps.jitted``), on one host's
-    chips (a local mesh; compiled for :func:`host_topology`), parameters replicated, at the config's eval
-    batch per process (padded to the chips) for the whole slice's process count."""
+    """The eval forward as ``evaluate.job.make_predict_fn`` builds it (``evaluate.job.eval_forward``: the flip
+    test inside when the config asks, so 2x the batch runs), on one host's chips (a local mesh; compiled for
+    :func:`host_topology`), parameters replicated, at the config's eval batch per process (padded to the
+    chips) for the whole slice's process count."""
     import jax
     import jax.numpy as jnp
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
     from aggpose_jax import sharding as shd
-    from aggpose_jax.heatmaps import jitted
+    from aggpose_jax.evaluate.job import eval_forward
     from aggpose_jax.params import split_model
 
     devices = topology_devices(topology)
@@ -566,9 +567,10 @@ def compile_eval(config: Any, topology: str) -> dict[str, Any]:
     )
     h, w = run.data.image_size
     images = jax.ShapeDtypeStruct((batch, h, w, 3), jnp.float32, sharding=NamedSharding(local_mesh, P(shd.DATA_AXIS)))
-    forward = jitted(graphdef, None, rep)
+    forward = eval_forward(run, graphdef, rep)
     row = _base_row(topology, devices, chip, "eval", "replicated", batch // len(local), batch)
     row["eval_batch_per_process"] = per_process
+    row["flip_test"] = bool(run.eval.flip_test)
     start = time.perf_counter()
     compiled = forward.lower(abstract, images).compile()
     row["compile_s"] = time.perf_counter() - start
@@ -715,7 +717,8 @@ def estimate(row: dict[str, Any], flops: dict[str, Any] | None, chip: Chip, per_
         executed = flops["train_executed_per_image"] * b + flops["train_per_step_constant"]
         model = flops["train_model_per_image"] * b
     else:
-        executed = model = flops["eval_forward_per_image"] * b
+        # the flip test runs each crop and its mirror image: two forward passes per person
+        executed = model = flops["eval_forward_per_image"] * b * (2 if row.get("flip_test") else 1)
     loop_factor = executed / cost["flops"]  # XLA counted each loop body once
     hbm_bytes = (cost.get("bytes_accessed") or 0.0) * loop_factor
     wire = sum(v["wire_bytes"] for k, v in row.get("collectives", {}).items() if not k.startswith("_"))
@@ -810,6 +813,8 @@ def markdown(result: dict[str, Any]) -> str:
         else:
             mem = f"compiler: needs {_gib(m.get('needed'))}" if m.get("needed") else "refused by the compiler"
         mode = {"dp": "data-parallel", "fsdp": "FSDP", "replicated": "eval (one host)"}[r["mode"]]
+        if r["step"] == "eval" and r.get("flip_test"):
+            mode = "eval (one host, flip test)"
         if e:
             opt = f" ({e['compiler_optimal_s'] * 1e3:.0f})" if e.get("compiler_optimal_s") else ""
             est = f"{e['compute_s'] * 1e3:.0f} / {e['hbm_s'] * 1e3:.0f} / {e['ici_s'] * 1e3:.0f}{opt}"

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pytest
+from train_helpers import child_env
 
 from aggpose_jax.evaluate.coco_eval import STAT_NAMES, coco_keypoint_eval
 from aggpose_jax.evaluate.draw import LEGEND_HEIGHT, draw_predictions
@@ -15,7 +18,7 @@ from aggpose_jax.evaluate.postprocess import build_results, oks_matrix, oks_nms,
 from aggpose_jax.evaluate.topdown import evaluate
 from aggpose_jax.pose import geometry
 from aggpose_jax.pose.codec import encode_targets
-from aggpose_jax.pose.flip import flip_heatmaps, flip_images
+from aggpose_jax.pose.flip import flip_heatmaps, flip_images, with_flip_test
 from aggpose_jax.pose.keypoints import get_keypoint_set
 
 IMAGE_HW = (256, 192)
@@ -51,6 +54,38 @@ def test_flip_images_mirrors_width():
     img = np.arange(2 * 3 * 4 * 3, dtype=np.float32).reshape(2, 3, 4, 3)
     np.testing.assert_array_equal(flip_images(img)[:, :, 0], img[:, :, 3])
     np.testing.assert_array_equal(flip_images(flip_images(img)), img)
+
+
+SHARDED_FLIP_SCRIPT = """
+import dataclasses
+import jax, jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+from aggpose_jax import sharding as shd
+from aggpose_jax.heatmaps import jitted
+from aggpose_jax.models.aggpose import get_model_config
+from aggpose_jax.params import split_model
+from aggpose_jax.pose.keypoints import get_keypoint_set
+
+depths = ((1, 1, 1, 1), (1, 1, 1), (1, 1), (1,))
+cfg = dataclasses.replace(get_model_config("aggpose_tiny"), stage_depths=depths, image_size=(64, 64))
+mesh = shd.make_mesh(jax.devices())
+graphdef, params, other = split_model(cfg)
+rep = NamedSharding(mesh, P())
+state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep), (params, other))
+images = jax.ShapeDtypeStruct((8, 64, 64, 3), jnp.float32, sharding=NamedSharding(mesh, P(shd.DATA_AXIS)))
+flip = tuple(int(j) for j in get_keypoint_set("coco").flip_index)
+hlo = jitted(graphdef, flip, rep).lower(state, images).compile().as_text()
+print(sorted(op for op in ("all-to-all", "collective-permute", "all-gather") if op in hlo))
+"""
+
+
+def test_flip_test_on_a_sharded_batch_moves_no_data_between_devices():
+    """The eval forward over 4 devices: each crop's mirror image stays on its device (interleaved pairs);
+    appending the mirrored half instead compiled to all-to-all and collective-permute exchanges."""
+    env = child_env(devices=4)
+    out = subprocess.run([sys.executable, "-c", SHARDED_FLIP_SCRIPT], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[-2] == "['all-gather']"  # the replicated output only
 
 
 # ----------------------------------------------------------------------------- rescoring, NMS
@@ -267,7 +302,7 @@ def test_evaluate_perfect_heatmaps(tmp_path, decode):
     model = PerfectModel(heatmaps, kset.flip_index)
     out_dir = str(tmp_path / "eval")
     stats = evaluate(
-        model,
+        with_flip_test(model, kset.flip_index),
         batches,
         keypoint_set=kset,
         ann_file=ann_file,
@@ -277,7 +312,7 @@ def test_evaluate_perfect_heatmaps(tmp_path, decode):
         heatmap_size=HEATMAP_HW,
         draw_images=0,
     )
-    assert model.calls == 2 * len(batches)  # flip test: plain + mirrored per batch
+    assert model.calls == len(batches)  # flip test: plain and mirrored crops in one call per batch
     with open(os.path.join(out_dir, "keypoints_results.json")) as f:
         results = json.load(f)
     assert len(results) == len(anns) and stats["num_people"] == len(anns)
@@ -315,7 +350,6 @@ def test_evaluate_without_flip_and_with_empty_loader(tmp_path):
         keypoint_set=kset,
         ann_file=ann_file,
         out_dir=str(tmp_path / "a"),
-        flip_test=False,
         draw_images=0,
     )
     assert model.calls == len(batches) and stats["AP"] == pytest.approx(1.0)
@@ -329,7 +363,7 @@ def test_evaluate_infant_21_joints_flip_and_no_nms(tmp_path):
     batches, heatmaps = _crop_loader(anns, 21, batch_size=3)
     model = PerfectModel(heatmaps, kset.flip_index)
     stats = evaluate(
-        model,
+        with_flip_test(model, kset.flip_index),
         batches,
         keypoint_set=kset,
         ann_file=ann_file,
@@ -342,7 +376,7 @@ def test_evaluate_infant_21_joints_flip_and_no_nms(tmp_path):
     # the averaged maps are bimodal, the peaks land between or on the wrong side.
     wrong = PerfectModel(heatmaps, np.arange(21))
     bad = evaluate(
-        wrong,
+        with_flip_test(wrong, kset.flip_index),
         batches,
         keypoint_set=kset,
         ann_file=ann_file,
@@ -379,7 +413,7 @@ def test_draw_predictions_png(tmp_path):
     # Via evaluate: draws into out_dir/predictions.png from ROOT/val2017.
     batches, heatmaps = _crop_loader(anns, 17)
     evaluate(
-        PerfectModel(heatmaps, kset.flip_index),
+        with_flip_test(PerfectModel(heatmaps, kset.flip_index), kset.flip_index),
         batches,
         keypoint_set=kset,
         ann_file=ann_file,
@@ -455,7 +489,7 @@ def test_evaluate_synthetic_val_through_pipeline(synthetic_coco_root, tmp_path):
     stats = {}
     for decode in ("dark", "argmax"):
         stats[decode] = evaluate(
-            predict,
+            with_flip_test(predict, kset.flip_index),
             batches,
             keypoint_set=kset,
             ann_file=ann_file,

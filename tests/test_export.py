@@ -58,3 +58,25 @@ def test_export_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert export.main([str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("aggpose-export: error: ") and "missing" in err[0]
+
+
+def test_artifact_with_the_flip_test_inside(tmp_path: Path) -> None:
+    """--flip: the flip test (crops and mirror images interleaved, symbolic batch b -> 2b) inside the
+    artifact equals the jitted forward with the flip test that prediction runs."""
+    from flax import nnx
+
+    from aggpose_jax.heatmaps import jitted
+    from aggpose_jax.pose.keypoints import get_keypoint_set
+
+    meta = export.export_model(MODEL, tmp_path / "flip", flip=True, platforms=("cpu",))
+    assert meta["flip_test_inside"] is True
+    loaded = jax.export.deserialize(bytearray((tmp_path / "flip" / export.ARTIFACT).read_bytes()))
+    x = np.random.default_rng(1).normal(0.0, 1.0, (3, 128, 96, 3)).astype(np.float32)
+    got = np.asarray(loaded.call(x))
+    model = aggpose_jax.load(MODEL)
+    graphdef, state = nnx.split(model.model)
+    flip = tuple(int(j) for j in get_keypoint_set("coco").flip_index)
+    want = np.asarray(jitted(graphdef, flip)(state, x))
+    assert got.shape == want.shape == (3, 32, 24, 17)
+    assert float(np.linalg.norm(got - want) / np.linalg.norm(want)) <= 1e-5
+    assert not np.allclose(got, np.asarray(model.heatmaps(x)), atol=1e-4)  # the flip test changed the maps

@@ -16,9 +16,11 @@ import aggpose_jax
 from aggpose_jax import inference
 from aggpose_jax.convert import convert_checkpoint, load_torch_checkpoint
 from aggpose_jax.convert.torch_reader import read_state_dict
+from aggpose_jax.heatmaps import jitted
 from aggpose_jax.model_dir import CheckpointError, load_model, save_model
 from aggpose_jax.models.aggpose import get_model_config
 from aggpose_jax.params import bind
+from aggpose_jax.pose.keypoints import get_keypoint_set
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FIXTURE = FIXTURES / "upstream_tiny17.pth"
@@ -57,6 +59,21 @@ def test_load_pth_reproduces_the_upstream_output(tmp_path, io, wrapper, prefix):
     model = aggpose_jax.load(path)
     assert isinstance(model, aggpose_jax.PoseModel) and model.config == TINY
     assert _rel_error(model, io) <= 1e-5
+
+
+def test_flip_test_inside_the_jitted_forward(io):
+    """heatmaps.jitted with a flip index (evaluation, prediction) = the mean of the plain forward and the
+    flipped-back forward of the mirrored crops, each run alone (the released validate's two passes)."""
+    model = aggpose_jax.load(FIXTURE)
+    x = np.asarray(io[0], np.float32)
+    kset = get_keypoint_set("coco")
+    graphdef, state = nnx.split(model.model)
+    flipped = np.asarray(jitted(graphdef, tuple(int(j) for j in kset.flip_index))(state, x))
+    plain = np.asarray(model.heatmaps(x))
+    mirrored = np.asarray(model.heatmaps(np.ascontiguousarray(x[:, :, ::-1])))
+    expected = (plain + mirrored[:, :, ::-1][..., kset.flip_index]) * 0.5
+    np.testing.assert_allclose(flipped, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(flipped, plain, atol=1e-4)  # the flip changed something
 
 
 def test_converted_directory_reproduces_the_upstream_output(tmp_path, io):

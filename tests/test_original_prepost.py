@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -127,9 +129,17 @@ def test_image_crop(orig):
         np.testing.assert_array_equal(warp_crop(orig["sample_image"], mat, (32, 24)), orig["crop_out"][i])
 
 
-def test_flip_back_heatmaps(orig):
-    out = flip_heatmaps(nchw(orig["flip_heatmaps"]), COCO.flip_index)
-    np.testing.assert_array_equal(out, nchw(orig["flip_back"]))
+@pytest.mark.parametrize("form", ["numpy", "jax", "jit"])
+def test_flip_back_heatmaps(orig, form):
+    """The one flip test (pose.flip) as evaluation, prediction and export run it: inside the jitted forward."""
+    hm = nchw(orig["flip_heatmaps"])
+    if form == "numpy":
+        out = flip_heatmaps(hm, COCO.flip_index)
+    elif form == "jax":
+        out = flip_heatmaps(jnp.asarray(hm), COCO.flip_index)
+    else:
+        out = jax.jit(lambda x: flip_heatmaps(x, COCO.flip_index))(jnp.asarray(hm))
+    np.testing.assert_array_equal(np.asarray(out), nchw(orig["flip_back"]))
 
 
 def test_flip_joints(orig):

@@ -145,3 +145,27 @@ def test_best_step_has_one_rule_for_checkpoints_and_metrics_json(tmp_path):
         record_metrics(str(tmp_path), step, metrics, f"eval/{step}")
     recorded = json.loads((tmp_path / "metrics.json").read_text())
     assert recorded["best"]["step"] == 6 and recorded["latest"]["step"] == 10
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "aggpose_jax.convert.cli",
+        "aggpose_jax.data.synthetic",
+        "aggpose_jax.data.tfds_builder",
+        "aggpose_jax.data.visualize",
+        "aggpose_jax.predict.cli",
+        "aggpose_jax.predict.export",
+        "aggpose_jax.gma.cli",
+    ],
+)
+def test_every_console_command_reports_a_bad_flag_in_one_line(module, capsys):
+    import importlib
+
+    main = importlib.import_module(module).main
+    try:
+        code = main(["--no-such-flag"])
+    except SystemExit as stop:
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and ": error: " in err and err.endswith(" (see --help)\n"), err

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from aggpose_jax.convert import convert_checkpoint, describe_config, init_from_mit, resolve_config
 from aggpose_jax.convert.mapping import expected_torch_shapes
-from aggpose_jax.data.cli_errors import run_cli
+from aggpose_jax.data.cli_errors import Parser, run_cli
 
 
 def _heads(text: str) -> tuple[int, ...]:
@@ -28,7 +28,7 @@ def _heads(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="aggpose-convert",
         description="Convert a PyTorch AggPose checkpoint (plain state dict or training checkpoint; no torch "
         "needed, no pickled code run) into an aggpose-jax model checkpoint directory. With --mit, "

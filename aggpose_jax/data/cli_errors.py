@@ -20,7 +20,7 @@ import signal
 import sys
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from aggpose_jax.errors import one_line
 
@@ -29,6 +29,7 @@ __all__ = [
     "EXIT_FAULT",
     "EXIT_INTERRUPTED",
     "EXIT_TERMINATED",
+    "Parser",
     "Terminated",
     "add_model_flags",
     "model_flags",
@@ -117,6 +118,14 @@ def require_writable_file(path: str, what: str) -> str:
     if not os.access(base, os.W_OK | os.X_OK):
         raise PermissionError(f"{what} {path} cannot be written: {base} is read-only")
     return path
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse for every console command: a usage error is one line naming the flag (no usage block),
+    exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:

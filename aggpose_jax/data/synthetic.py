@@ -15,7 +15,6 @@ outside the image get v=0 with x=y=0. The output is a pure function of the argum
 
 from __future__ import annotations
 
-import argparse
 import colorsys
 import json
 import os
@@ -27,7 +26,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from aggpose_jax.data.cli_errors import require_writable_dir, run_cli
+from aggpose_jax.data.cli_errors import Parser, require_writable_dir, run_cli
 from aggpose_jax.pose.keypoints import KeypointSet, get_keypoint_set
 
 _SHIFT = 4  # cv2 sub-pixel drawing: coordinates in 1/16 px
@@ -528,7 +527,7 @@ def animate_figure(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="aggpose-synthetic", description="Write a synthetic COCO-layout keypoint dataset of stick figures."
     )
     parser.add_argument("out_dir")

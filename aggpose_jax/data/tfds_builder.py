@@ -17,7 +17,6 @@ only once the new build is complete. The console is quiet unless ``--verbose``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -31,7 +30,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from aggpose_jax.data.cli_errors import require_dir, require_file, require_writable_dir, run_cli
+from aggpose_jax.data.cli_errors import Parser, require_dir, require_file, require_writable_dir, run_cli
 from aggpose_jax.data.sources import CocoKeypointSource, TfdsKeypointSource, resolve_tfds_dir
 from aggpose_jax.pose.keypoints import KEYPOINT_SETS, get_keypoint_set
 
@@ -319,9 +318,7 @@ def build(
 
 def main(argv: Sequence[str] | None = None) -> int:
     prog = "python -m aggpose_jax.data.tfds_builder"
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Build ArrayRecord (TFDS) shards of a COCO-layout keypoint dataset."
-    )
+    parser = Parser(prog=prog, description="Build ArrayRecord (TFDS) shards of a COCO-layout keypoint dataset.")
     parser.add_argument("root", help="dataset root with annotations/person_keypoints_{train,val}2017.json")
     parser.add_argument("--keypoints", default="coco", help="keypoint set: " + ", ".join(sorted(KEYPOINT_SETS)))
     parser.add_argument("--data-dir", required=True, help="TFDS data directory to write into")

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from aggpose_jax.data import pipeline
-from aggpose_jax.data.cli_errors import require_dir, require_file, require_writable_file, run_cli
+from aggpose_jax.data.cli_errors import Parser, require_dir, require_file, require_writable_file, run_cli
 from aggpose_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from aggpose_jax.pose.keypoints import get_keypoint_set
 
@@ -117,7 +117,7 @@ def default_data_config(root: str, keypoints: str) -> ml_collections.ConfigDict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     prog = "python -m aggpose_jax.data.visualize"
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    parser = Parser(prog=prog, description=__doc__.split("\n")[0])
     parser.add_argument("--root", required=True, help="COCO-layout dataset root")
     parser.add_argument("--keypoints", default="coco", help="keypoint set name")
     parser.add_argument("--out", required=True, help="output PNG")

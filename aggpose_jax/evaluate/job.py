@@ -52,16 +52,23 @@ def local_params(params: Any, mesh: jax.sharding.Mesh | None = None) -> tuple[An
     return jax.tree.map(one, params), local_mesh
 
 
+def eval_forward(run: RunConfig, graphdef: nnx.GraphDef, out_sharding: Any = None) -> Any:
+    """The evaluation's jitted forward (``heatmaps.jitted``): the flip test inside when ``run.eval.flip_test``
+    (crops and mirror images as one batch), with ``run.eval.shift_heatmap``."""
+    flip = tuple(int(j) for j in run.data.keypoint_set.flip_index) if run.eval.flip_test else None
+    return jitted(graphdef, flip, out_sharding, shift=run.eval.shift_heatmap)
+
+
 def make_predict_fn(
-    graphdef: nnx.GraphDef, other: nnx.State, params: Any, mesh: jax.sharding.Mesh | None = None
+    run: RunConfig, graphdef: nnx.GraphDef, other: nnx.State, params: Any, mesh: jax.sharding.Mesh | None = None
 ) -> Callable[[np.ndarray], jax.Array]:
-    """``predict(images (B, H, W, 3) float32) -> heatmaps (B, h, w, J)``; B is padded internally to a
-    multiple of the local device count."""
+    """``predict(images (B, H, W, 3) float32) -> heatmaps (B, h, w, J)`` (:func:`eval_forward`); B is padded
+    internally to a multiple of the local device count."""
     params, local_mesh = local_params(params, mesh)
     n_dev = local_mesh.devices.size
     batch_sharding = NamedSharding(local_mesh, P(shd.DATA_AXIS))
     # compiled once per model and device set (evaluations during training)
-    forward_fn = jitted(graphdef, None, NamedSharding(local_mesh, P()))
+    forward_fn = eval_forward(run, graphdef, NamedSharding(local_mesh, P()))
 
     def predict(images: np.ndarray) -> jax.Array:
         n = images.shape[0]
@@ -88,8 +95,8 @@ def val_loader(run: RunConfig) -> Any:
 
 
 def run_evaluation(run: RunConfig, predict_fn: Callable[[np.ndarray], Any], out_dir: str) -> dict[str, float]:
-    """COCO OKS metrics of ``predict_fn`` on the configured val split; writes ``out_dir``/{stats.json,
-    keypoints_results.json, predictions.png}."""
+    """COCO OKS metrics of ``predict_fn`` (:func:`make_predict_fn`) on the configured val split; writes
+    ``out_dir``/{stats.json, keypoints_results.json, predictions.png}."""
     ev, data = run.eval, run.data
     return evaluate(
         predict_fn,
@@ -97,13 +104,11 @@ def run_evaluation(run: RunConfig, predict_fn: Callable[[np.ndarray], Any], out_
         keypoint_set=data.keypoint_set,
         ann_file=ev.ann_file,
         out_dir=out_dir,
-        flip_test=ev.flip_test,
         decode=ev.decode,
         image_size=data.image_size,
         heatmap_size=data.heatmap_size,
         oks_nms_thre=ev.oks_nms_thre,
         in_vis_thre=ev.in_vis_thre,
-        shift_heatmap=ev.shift_heatmap,
         convention=data.affine_convention,
         draw_images=ev.draw_images,
         image_dir=ev.image_dir,
@@ -155,7 +160,7 @@ def evaluate_params(
     out_dir = storage.join(workdir, "eval", name or f"step_{step:08d}")
     # The evaluation writes local files (pycocotools, OpenCV); for a gs:// workdir they are copied up after.
     local = storage.local_folder(out_dir)
-    metrics = run_evaluation(run, make_predict_fn(graphdef, other, params, mesh), local)
+    metrics = run_evaluation(run, make_predict_fn(run, graphdef, other, params, mesh), local)
     if local != out_dir and jax.process_index() == 0:
         storage.put_folder(local, out_dir)
     record_metrics(workdir, step, metrics, out_dir)
@@ -177,4 +182,4 @@ def evaluate_run(run: RunConfig, workdir: str) -> dict[str, float]:
     return evaluate_params(run, run.model, params, workdir, step)
 
 
-__all__ = ["evaluate_params", "evaluate_run", "make_predict_fn", "record_metrics", "run_evaluation"]
+__all__ = ["eval_forward", "evaluate_params", "evaluate_run", "make_predict_fn", "record_metrics", "run_evaluation"]

@@ -1,11 +1,12 @@
 """End-to-end top-down evaluation: model heatmaps -> image keypoints -> COCO OKS AP.
 
-Per batch (as the released ``validate`` + ``get_final_preds``): heatmaps of the crops, with
-the flip test the mean with the flipped-back heatmaps of the mirrored crops; decoding
-(argmax + DARK by default) in heatmap pixels; the inverse crop affine at heatmap resolution to
-image pixels. Then rescoring, OKS-NMS, the results JSON and pycocotools.
+Per batch (as the released ``validate`` + ``get_final_preds``): heatmaps of the crops from
+``predict_fn`` (the heatmap runtime's forward, the flip test inside when the run asks for it:
+``evaluate.job.eval_forward``); decoding (argmax + DARK by default) in heatmap pixels; the inverse
+crop affine at heatmap resolution to image pixels. Then rescoring, OKS-NMS, the results JSON and
+pycocotools.
 
-The next batch's ``predict_fn`` calls are dispatched before the previous batch is decoded, so
+The next batch's ``predict_fn`` call is dispatched before the previous batch is decoded, so
 with an asynchronous (JAX) ``predict_fn`` the host-side decoding overlaps the device work.
 
 Several processes: each decodes its own shard of the val set; ``gather_predictions`` then
@@ -35,7 +36,6 @@ from aggpose_jax.evaluate import coco_eval, postprocess
 from aggpose_jax.evaluate.draw import draw_predictions, image_paths_for
 from aggpose_jax.pose import geometry
 from aggpose_jax.pose.decode import decode_to_image
-from aggpose_jax.pose.flip import flip_average, flip_images
 
 __all__ = ["PersonPredictions", "predict_people", "gather_predictions", "evaluate"]
 
@@ -69,30 +69,26 @@ def predict_people(
     predict_fn: PredictFn,
     loader: Iterable[dict[str, Any]],
     *,
-    flip_index: np.ndarray | None = None,
     decode: str = "dark",
     image_size: Sequence[int] | None = None,
     heatmap_size: Sequence[int] | None = None,
-    shift_heatmap: bool = False,
     convention: geometry.Convention = "aggpose",
 ) -> PersonPredictions:
     """Run ``predict_fn`` over every eval batch and decode people to image coordinates.
 
-    ``flip_index`` given = flip test. Rows with ``valid == False`` (padding) are dropped.
+    Rows with ``valid == False`` (padding) are dropped.
     ``image_size``/``heatmap_size`` (H, W)/(h, w), when given, are checked against the data.
     """
     parts: dict[str, list[np.ndarray]] = {
         k: [] for k in ("image_ids", "keypoints", "maxvals", "box_scores", "centers", "scales")
     }
 
-    def finish(meta: dict[str, np.ndarray], out: Any, out_flipped: Any) -> None:
+    def finish(meta: dict[str, np.ndarray], out: Any) -> None:
         hm = np.asarray(out, dtype=np.float32)
         if hm.ndim != 4:
             raise ValueError(f"evaluate: predict_fn must return (B, h, w, J) heatmaps, got {hm.shape}")
         if heatmap_size is not None and tuple(hm.shape[1:3]) != tuple(heatmap_size):
             raise ValueError(f"evaluate: heatmaps are {hm.shape[1:3]}, expected heatmap_size {tuple(heatmap_size)}")
-        if out_flipped is not None:
-            hm = flip_average(hm, np.asarray(out_flipped, dtype=np.float32), flip_index, shift=shift_heatmap)
         keep = meta["valid"]
         if not keep.any():
             return
@@ -107,7 +103,7 @@ def predict_people(
         parts["centers"].append(meta["center"][keep].astype(np.float32))
         parts["scales"].append(meta["scale"][keep].astype(np.float32))
 
-    pending: tuple[dict[str, np.ndarray], Any, Any] | None = None
+    pending: tuple[dict[str, np.ndarray], Any] | None = None
     for batch in loader:
         images = _batch_field(batch, "image").astype(np.float32, copy=False)
         if image_size is not None and tuple(images.shape[1:3]) != tuple(image_size):
@@ -116,10 +112,9 @@ def predict_people(
         meta = {k: _batch_field(batch, k) for k in ("image_id", "center", "scale", "score")}
         meta["valid"] = np.asarray(batch["valid"], bool) if "valid" in batch else np.ones(n, bool)
         out = predict_fn(images)
-        out_flipped = predict_fn(flip_images(images)) if flip_index is not None else None
         if pending is not None:
             finish(*pending)
-        pending = (meta, out, out_flipped)
+        pending = (meta, out)
     if pending is not None:
         finish(*pending)
 
@@ -209,13 +204,11 @@ def evaluate(
     keypoint_set: Any,
     ann_file: str,
     out_dir: str,
-    flip_test: bool = True,
     decode: str = "dark",
     image_size: Sequence[int] | None = None,
     heatmap_size: Sequence[int] | None = None,
     oks_nms_thre: float | None = 0.9,
     in_vis_thre: float = 0.2,
-    shift_heatmap: bool = False,
     convention: geometry.Convention = "aggpose",
     name: str = "aggpose",
     draw_images: int = 4,
@@ -224,12 +217,11 @@ def evaluate(
     """Evaluate a heatmap model on a top-down eval loader; returns the COCO OKS AP/AR stats.
 
     Args:
-      predict_fn: float32 NHWC crops (B, H, W, 3) -> heatmaps (B, h, w, J) (numpy or jax).
-        With ``flip_test`` it is called twice per batch (crops, then mirrored crops; same
-        shape, so a jitted function compiles once).
+      predict_fn: float32 NHWC crops (B, H, W, 3) -> heatmaps (B, h, w, J) (numpy or jax), the
+        flip test inside when wanted (``pose.flip.with_flip_test``; ``evaluate.job.eval_forward``).
       loader: iterable of eval batches ({'image', 'image_id', 'center', 'scale', 'score'},
         optional 'valid').
-      keypoint_set: provides ``sigmas``, ``flip_index`` and ``skeleton``.
+      keypoint_set: provides ``sigmas`` and ``skeleton``.
       ann_file: COCO keypoint annotations (ground truth).
       out_dir: receives ``keypoints_results.json``, ``stats.json`` and ``predictions.png``.
       oks_nms_thre: OKS-NMS threshold (None: no NMS, as the released infant evaluation).
@@ -245,11 +237,9 @@ def evaluate(
     preds = predict_people(
         predict_fn,
         loader,
-        flip_index=np.asarray(keypoint_set.flip_index) if flip_test else None,
         decode=decode,
         image_size=image_size,
         heatmap_size=heatmap_size,
-        shift_heatmap=shift_heatmap,
         convention=convention,
     )
     preds = gather_predictions(preds)

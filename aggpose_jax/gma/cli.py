@@ -22,9 +22,9 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any
 
-from aggpose_jax.data.cli_errors import require_file, require_writable_file, run_cli
+from aggpose_jax.data.cli_errors import Parser, require_file, require_writable_file, run_cli
 from aggpose_jax.gma import features as F
 from aggpose_jax.gma.features import DEFAULT_MODE, MODES
 from aggpose_jax.gma.inputs import load_videos
@@ -33,13 +33,8 @@ from aggpose_jax.gma.report import write_report
 PROG = "aggpose-features"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = Parser(
         prog=PROG,
         description="Chambers et al. 2020 infant-movement features (104 per video, and the paper's 38) "
         "from aggpose-predict results.",

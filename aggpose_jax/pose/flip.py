@@ -1,49 +1,76 @@
-"""Flip test: mirror input crops, and bring the mirrored model output back.
+"""Flip test, the one owner: mirror input crops, bring the mirrored model output back, average.
 
 The released AggPose ``validate`` averages the heatmaps of the crop and of its mirror image,
 the latter flipped back horizontally with left/right joint channels swapped. Its configs set
 ``TEST.SHIFT_HEATMAP: true``, but the released validation loop (taken from DARK) no longer
 applies HRNet's one-pixel shift, so ``shift=False`` is the default here.
+
+The functions take numpy or JAX arrays (traced ones included) and return the same kind:
+``heatmaps.heatmap_function`` runs :func:`with_flip_test` inside the jitted forward that
+evaluation, inference, prediction and export all use.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["flip_images", "flip_heatmaps", "flip_average"]
+__all__ = ["flip_images", "flip_heatmaps", "flip_average", "with_flip_test"]
 
 
-def flip_images(images: np.ndarray) -> np.ndarray:
-    """Mirror NHWC images horizontally (contiguous copy)."""
-    images = np.asarray(images)
+def _xp(x: Any) -> Any:
+    return jnp if isinstance(x, jax.Array) else np
+
+
+def flip_images(images: Any) -> Any:
+    """Mirror NHWC images horizontally."""
     if images.ndim != 4:
         raise ValueError(f"flip_images: images must be NHWC, got shape {images.shape}")
-    return np.ascontiguousarray(images[:, :, ::-1, :])
+    return images[:, :, ::-1, :]
 
 
-def flip_heatmaps(heatmaps: np.ndarray, flip_index: np.ndarray, *, shift: bool = False) -> np.ndarray:
+def flip_heatmaps(heatmaps: Any, flip_index: Any, *, shift: bool = False) -> Any:
     """Heatmaps (N, h, w, J) of mirrored crops -> heatmaps in the original crop's frame.
 
     Mirrors the width axis and permutes joint channels with ``flip_index``
     (``out[..., j] = in[..., flip_index[j]]``). ``shift=True`` applies HRNet's
     ``SHIFT_HEATMAP`` (content moved one pixel right, column 0 kept).
     """
-    heatmaps = np.asarray(heatmaps)
-    flip_index = np.asarray(flip_index)
+    index = np.asarray(flip_index, np.int32)
     if heatmaps.ndim != 4:
         raise ValueError(f"flip_heatmaps: heatmaps must be (N, h, w, J), got shape {heatmaps.shape}")
-    if flip_index.shape != (heatmaps.shape[-1],):
-        raise ValueError(f"flip_heatmaps: flip_index has shape {flip_index.shape} for {heatmaps.shape[-1]} joints")
-    out = heatmaps[:, :, ::-1, :][..., flip_index]
+    if index.shape != (heatmaps.shape[-1],):
+        raise ValueError(f"flip_heatmaps: flip_index has shape {index.shape} for {heatmaps.shape[-1]} joints")
+    xp = _xp(heatmaps)
+    out = xp.take(heatmaps[:, :, ::-1, :], index, axis=-1)
     if shift:
-        out = out.copy()
-        out[:, :, 1:, :] = out[:, :, :-1, :].copy()
-    return np.ascontiguousarray(out)
+        out = xp.concatenate([out[:, :, :1], out[:, :, :-1]], axis=2)
+    return out
 
 
-def flip_average(
-    heatmaps: np.ndarray, heatmaps_flipped: np.ndarray, flip_index: np.ndarray, *, shift: bool = False
-) -> np.ndarray:
-    """Mean of the plain heatmaps and the flipped-back heatmaps of the mirrored crops (float32)."""
-    back = flip_heatmaps(heatmaps_flipped, flip_index, shift=shift)
-    return ((np.asarray(heatmaps, np.float32) + back.astype(np.float32)) * 0.5).astype(np.float32)
+def flip_average(heatmaps: Any, heatmaps_mirrored: Any, flip_index: Any, *, shift: bool = False) -> Any:
+    """Mean (float32) of the plain heatmaps and the flipped-back heatmaps of the mirrored crops."""
+    xp = _xp(heatmaps)
+    back = flip_heatmaps(heatmaps_mirrored, flip_index, shift=shift)
+    return (heatmaps.astype(xp.float32) + back.astype(xp.float32)) * xp.float32(0.5)
+
+
+def with_flip_test(forward: Callable[[Any], Any], flip_index: Any, *, shift: bool = False) -> Callable[[Any], Any]:
+    """``forward(images (n, H, W, 3)) -> heatmaps`` with the flip test: the crops and their mirror images
+    run as one batch of 2n, and the flipped-back heatmaps are averaged with the plain ones.
+
+    Each crop is followed by its mirror image (interleaved, not appended): a batch sharded over devices
+    keeps every pair on the device that holds the crop, so the flip test moves no data between them."""
+
+    def flipped(images: Any) -> Any:
+        n, rest = images.shape[0], tuple(images.shape[1:])
+        pairs = _xp(images).stack([images, flip_images(images)], axis=1).reshape((2 * n, *rest))
+        heatmaps = forward(pairs)
+        heatmaps = heatmaps.reshape((n, 2, *heatmaps.shape[1:]))
+        return flip_average(heatmaps[:, 0], heatmaps[:, 1], flip_index, shift=shift)
+
+    return flipped

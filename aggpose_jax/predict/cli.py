@@ -22,9 +22,8 @@ import logging
 import sys
 import warnings
 from collections.abc import Sequence
-from typing import NoReturn
 
-from aggpose_jax.data.cli_errors import add_model_flags, model_flags
+from aggpose_jax.data.cli_errors import Parser, add_model_flags, model_flags
 from aggpose_jax.errors import one_line
 from aggpose_jax.predict.outputs import DEFAULT_OUTPUTS, OUTPUT_KINDS
 from aggpose_jax.predict.video import NativeLog
@@ -32,17 +31,10 @@ from aggpose_jax.predict.video import NativeLog
 PROG = "aggpose-predict"
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage block) and exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     from aggpose_jax.predict.series import smoothing_help
 
-    p = _Parser(
+    p = Parser(
         prog=PROG,
         description="Predict keypoints in images, image folders and videos with an AggPose model.",
         formatter_class=argparse.RawDescriptionHelpFormatter,

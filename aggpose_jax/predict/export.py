@@ -16,19 +16,18 @@ newer; a jax more than ~3 weeks older than the exporter may refuse them).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
 
-from aggpose_jax.data.cli_errors import EXIT_BAD_INPUT, add_model_flags, model_flags
+from aggpose_jax.data.cli_errors import EXIT_BAD_INPUT, Parser, add_model_flags, model_flags
 from aggpose_jax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from aggpose_jax.errors import one_line
 from aggpose_jax.heatmaps import heatmap_function
@@ -128,13 +127,8 @@ def export_model(
     return meta
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    p = _Parser(prog=PROG, description="Export an AggPose checkpoint's crop -> heatmap function with jax.export.")
+    p = Parser(prog=PROG, description="Export an AggPose checkpoint's crop -> heatmap function with jax.export.")
     p.add_argument("model", help=".pth/safetensors file, converted model folder or training workdir")
     p.add_argument("out", help="output folder (created)")
     add_model_flags(p)
