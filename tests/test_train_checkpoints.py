@@ -91,6 +91,17 @@ def test_keeps_last_n_and_best_by_ap(tmp_path):
     ckpt.close()
 
 
+def test_a_tie_keeps_and_names_the_later_step(tmp_path):
+    """Orbax's retention (BestN) and best_step (--which best, metrics.json) agree on a tie; NaN never wins."""
+    ckpt = TrainCheckpointer(str(tmp_path / "ckpt"), keep=1, async_save=False)
+    it = _iterator()
+    for step, ap in {1: 0.7, 2: 0.7, 3: float("nan"), 4: 0.1}.items():
+        ckpt.save(step, _state(step), it, {"AP": ap})
+    ckpt.wait()
+    assert ckpt.all_steps() == [2, 4] and ckpt.best_step() == 2
+    ckpt.close()
+
+
 def _two_checkpoints(directory: str) -> None:
     ckpt = TrainCheckpointer(directory, keep=3, async_save=False)
     it = _iterator()

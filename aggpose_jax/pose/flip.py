@@ -26,8 +26,14 @@ def _xp(x: Any) -> Any:
     return jnp if isinstance(x, jax.Array) else np
 
 
+def _array(x: Any) -> Any:
+    """A JAX array (traced or not) as it is; anything else as a numpy array."""
+    return x if isinstance(x, jax.Array) else np.asarray(x)
+
+
 def flip_images(images: Any) -> Any:
     """Mirror NHWC images horizontally."""
+    images = _array(images)
     if images.ndim != 4:
         raise ValueError(f"flip_images: images must be NHWC, got shape {images.shape}")
     return images[:, :, ::-1, :]
@@ -41,6 +47,7 @@ def flip_heatmaps(heatmaps: Any, flip_index: Any, *, shift: bool = False) -> Any
     ``SHIFT_HEATMAP`` (content moved one pixel right, column 0 kept).
     """
     index = np.asarray(flip_index, np.int32)
+    heatmaps = _array(heatmaps)
     if heatmaps.ndim != 4:
         raise ValueError(f"flip_heatmaps: heatmaps must be (N, h, w, J), got shape {heatmaps.shape}")
     if index.shape != (heatmaps.shape[-1],):
@@ -54,6 +61,7 @@ def flip_heatmaps(heatmaps: Any, flip_index: Any, *, shift: bool = False) -> Any
 
 def flip_average(heatmaps: Any, heatmaps_mirrored: Any, flip_index: Any, *, shift: bool = False) -> Any:
     """Mean (float32) of the plain heatmaps and the flipped-back heatmaps of the mirrored crops."""
+    heatmaps = _array(heatmaps)
     xp = _xp(heatmaps)
     back = flip_heatmaps(heatmaps_mirrored, flip_index, shift=shift)
     return (heatmaps.astype(xp.float32) + back.astype(xp.float32)) * xp.float32(0.5)
@@ -67,6 +75,7 @@ def with_flip_test(forward: Callable[[Any], Any], flip_index: Any, *, shift: boo
     keeps every pair on the device that holds the crop, so the flip test moves no data between them."""
 
     def flipped(images: Any) -> Any:
+        images = _array(images)
         n, rest = images.shape[0], tuple(images.shape[1:])
         pairs = _xp(images).stack([images, flip_images(images)], axis=1).reshape((2 * n, *rest))
         heatmaps = forward(pairs)

@@ -208,14 +208,17 @@ BEST_METRIC = "AP"
 def best_step(
     metrics_by_step: Iterable[tuple[int | None, Mapping[str, Any] | None]], metric: str = BEST_METRIC
 ) -> int | None:
-    """The step with the highest finite ``metric`` (the later step on a tie), None when no step has one: the
-    one rule behind a workdir's 'best' checkpoint and the 'best' entry of its metrics.json."""
-    scored = [
-        (float(m[metric]), int(step))
-        for step, m in metrics_by_step
-        if step is not None and m and metric in m and math.isfinite(float(m[metric]))
-    ]
+    """The step with the highest ``metric`` (the later step on a tie; NaN never counts), None when no step has
+    one: the one rule behind a workdir's 'best' checkpoint and the 'best' entry of its metrics.json."""
+    scored = [(_score(m, metric), int(step)) for step, m in metrics_by_step if step is not None and m and metric in m]
+    scored = [(value, step) for value, step in scored if value > -math.inf]
     return max(scored)[1] if scored else None
+
+
+def _score(metrics: Mapping[str, Any], metric: str) -> float:
+    """``metrics[metric]`` as a float; a NaN never ranks above anything (-inf)."""
+    value = float(metrics[metric])
+    return -math.inf if math.isnan(value) else value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,14 +247,14 @@ class TrainCheckpointer:
         policy = ocm.AnyPreservationPolicy(
             [
                 ocm.LatestN(n=int(keep)),
-                ocm.BestN(get_metric_fn=lambda m: float(m[best_metric]), n=1, keep_checkpoints_without_metrics=False),
+                ocm.BestN(get_metric_fn=lambda m: _score(m, best_metric), n=1, keep_checkpoints_without_metrics=False),
             ]
         )
         # best_fn only makes Orbax persist the metrics (so that 'best' survives restarts); retention is
-        # decided by the preservation policy.
+        # decided by the preservation policy. BestN keeps the later step on a tie, as best_step chooses.
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy,
-            best_fn=lambda m: float(m[best_metric]),
+            best_fn=lambda m: _score(m, best_metric),
             best_mode="max",
             enable_async_checkpointing=bool(async_save),
             create=True,
