@@ -388,10 +388,10 @@ def validate(
     d, ev = config.data, config.eval
     # data.root='': the synthetic set in <workdir>/synthetic (left empty without a workdir: no data read)
     generate = d.source == "coco_json" and not d.root and workdir is not None
-    root = os.path.join(os.path.abspath(workdir), SYNTHETIC_DIR) if generate else os.fspath(d.root)
+    # the input pipeline reads local files: for a gs:// workdir, a copy on each host, the same from the seed
     on_each_host = generate and storage.is_url(workdir)
-    if on_each_host:  # the input pipeline reads local files: a copy on each host, the same from the seed
-        root = storage.local_folder_for(storage.join(storage.absolute(workdir), SYNTHETIC_DIR))
+    root = storage.local_folder(storage.join(storage.absolute(workdir), SYNTHETIC_DIR)) if generate else d.root
+    root = os.fspath(root)
     detections = os.fspath(d.detections_file)
     if generate and not d.use_gt_bbox and not detections:
         detections = os.path.join(root, "person_detections_val2017.json")

@@ -36,17 +36,17 @@ def heatmap_function(graphdef: nnx.GraphDef, flip_index: Any = None, *, shift: b
     return forward
 
 
-@functools.lru_cache(maxsize=8)
-def jitted(
-    graphdef: nnx.GraphDef,
-    flip_index: tuple[int, ...] | None = None,
-    out_sharding: Any = None,
-    *,
-    shift: bool = False,
-) -> Any:
+def jitted(graphdef: nnx.GraphDef, flip_index: Any = None, out_sharding: Any = None, *, shift: bool = False) -> Any:
     """One jitted :func:`heatmap_function` per model structure, flip setting and output placement in a process,
-    so models built again for the same architecture (another checkpoint, another evaluation) reuse its code."""
-    fn = heatmap_function(graphdef, flip_index, shift=shift)
+    so models built again for the same architecture (another checkpoint, another evaluation) reuse its code.
+    ``flip_index``: a keypoint set's flip index (any sequence of ints) for the flip test, or None."""
+    flip = None if flip_index is None else tuple(int(j) for j in flip_index)
+    return _jitted(graphdef, flip, out_sharding, bool(shift))
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted(graphdef: nnx.GraphDef, flip: tuple[int, ...] | None, out_sharding: Any, shift: bool) -> Any:
+    fn = heatmap_function(graphdef, flip, shift=shift)
     return jax.jit(fn) if out_sharding is None else jax.jit(fn, out_shardings=out_sharding)
 
 

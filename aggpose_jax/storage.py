@@ -43,14 +43,12 @@ def dirname(path: str) -> str:
     return posixpath.dirname(path.rstrip("/")) if is_url(path) else os.path.dirname(path)
 
 
-def local_folder_for(url: str) -> str:
-    """A local folder standing for ``url`` on this host (under the temporary directory), the same each call."""
-    return os.path.join(tempfile.gettempdir(), "aggpose_jax", *url.replace("://", "/").strip("/").split("/"))
-
-
 def local_folder(path: str) -> str:
-    """``path`` itself when local; for a URL, the local folder standing for it (for writers that need files)."""
-    return local_folder_for(path) if is_url(path) else path
+    """``path`` itself when local; for a URL, a local folder standing for it on this host (under the temporary
+    directory, the same each call), for writers that need files."""
+    if not is_url(path):
+        return path
+    return os.path.join(tempfile.gettempdir(), "aggpose_jax", *path.replace("://", "/").strip("/").split("/"))
 
 
 @functools.cache
@@ -223,7 +221,6 @@ __all__ = [
     "join",
     "listdir",
     "local_folder",
-    "local_folder_for",
     "makedirs",
     "put_folder",
     "read_text",

@@ -55,8 +55,8 @@ def local_params(params: Any, mesh: jax.sharding.Mesh | None = None) -> tuple[An
 def eval_forward(run: RunConfig, graphdef: nnx.GraphDef, out_sharding: Any = None) -> Any:
     """The evaluation's jitted forward (``heatmaps.jitted``): the flip test inside when ``run.eval.flip_test``
     (crops and mirror images as one batch), with ``run.eval.shift_heatmap``."""
-    flip = tuple(int(j) for j in run.data.keypoint_set.flip_index) if run.eval.flip_test else None
-    return jitted(graphdef, flip, out_sharding, shift=run.eval.shift_heatmap)
+    flip_index = run.data.keypoint_set.flip_index if run.eval.flip_test else None
+    return jitted(graphdef, flip_index, out_sharding, shift=run.eval.shift_heatmap)
 
 
 def make_predict_fn(

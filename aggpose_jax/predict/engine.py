@@ -109,7 +109,7 @@ class CropEngine:
         self.heatmap_size: tuple[int, int] = (self.image_size[0] // 4, self.image_size[1] // 4)
         self.aspect_ratio = self.image_size[1] / self.image_size[0]
         graphdef, self._state = nnx.split(model.model)
-        self._fn = jitted(graphdef, tuple(int(v) for v in keypoint_set.flip_index) if flip else None)
+        self._fn = jitted(graphdef, keypoint_set.flip_index if flip else None)
         self.calls = 0
         self.crops_run = 0
         self.wait_s = 0.0  # time the host spent blocked on results

@@ -82,18 +82,15 @@ class _BackgroundLog(logging.Handler):
         path = self.path
         if path is None:
             return
-        try:
+        # A log file that cannot be written loses the record: it must never come back to the console.
+        with contextlib.suppress(OSError):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "a", encoding="utf-8") as f:
                 f.write(text if text.endswith("\n") else text + "\n")
-        except OSError:
-            pass  # never back to the console
 
     def emit(self, record: logging.LogRecord) -> None:
-        try:
+        with contextlib.suppress(Exception):  # a handler must not raise
             self.write(f"{record.levelname}:{record.name}: {self.format(record)}")
-        except Exception:  # noqa: BLE001 -- a handler must not raise
-            pass
 
 
 _BACKGROUND_LOG = _BackgroundLog()
@@ -215,6 +212,11 @@ def best_step(
     return max(scored)[1] if scored else None
 
 
+def _best_saved(manager: ocp.CheckpointManager, metric: str = BEST_METRIC) -> int | None:
+    """:func:`best_step` among the steps ``manager`` holds, from the metrics saved with them."""
+    return best_step(((s, manager.metrics(s)) for s in manager.all_steps()), metric)
+
+
 def _score(metrics: Mapping[str, Any], metric: str) -> float:
     """``metrics[metric]`` as a float; a NaN never ranks above anything (-inf)."""
     value = float(metrics[metric])
@@ -270,7 +272,7 @@ class TrainCheckpointer:
 
     def best_step(self) -> int | None:
         """The preserved step with the highest ``best_metric`` (None before any evaluation)."""
-        return best_step(((s, self.manager.metrics(s)) for s in self.manager.all_steps()), self.best_metric)
+        return _best_saved(self.manager, self.best_metric)
 
     def save(self, step: int, state: Any, data_iterator: Any, metrics: dict[str, float] | None = None) -> None:
         """Start saving (asynchronous for ``state``); the iterator state is captured now."""
@@ -475,11 +477,7 @@ def restore_params(directory: str, abstract_params: Any, *, which: str = "latest
         raise FileNotFoundError(f"{directory}: no training checkpoints (the folder does not exist)")
     options = ocp.CheckpointManagerOptions(read_only=True, create=False)
     with ocp.CheckpointManager(directory, item_names=("state", "data"), options=options) as manager:
-        step = (
-            manager.latest_step()
-            if which == "latest"
-            else best_step((s, manager.metrics(s)) for s in manager.all_steps())
-        )
+        step = manager.latest_step() if which == "latest" else _best_saved(manager)
         if step is None:
             raise FileNotFoundError(f"{directory}: no {'evaluated ' if which == 'best' else ''}training checkpoint")
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
